@@ -1,0 +1,9 @@
+"""container-ssl: DINO self-supervised pretraining of CONTAINER-LIGHT and DeiT backbones.
+
+Importing the package registers the Container models with timm, so that
+``timm.create_model("container_light_small")`` works after ``import container_ssl``.
+"""
+
+__version__ = "0.1.0"
+
+from . import models  # noqa: E402,F401  (registers the timm entrypoints)

@@ -1,0 +1,1 @@
+"""Models: Container block, Container-Light/Container (timm-registered), DeiT baseline, DINO head."""
