@@ -1,0 +1,70 @@
+"""The ``container-ssl`` command line: one entry point, one sub-command per job.
+
+Why: users drive everything from one CLI. Each sub-command lives in the module that does the work and
+exposes ``configure_parser(parser)`` and ``run(args) -> int``; this file only wires them together and
+turns :class:`~container_ssl.errors.UserError` into a one-line message (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from .errors import UserError
+
+# name -> (module, one-line help). Modules are imported only when their command is used or --help is asked.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("container_ssl.models.summary", "list the registered backbones with params and GMACs"),
+    "pretrain": ("container_ssl.ssl.trainer", "DINO self-supervised pretraining (student + EMA teacher)"),
+    "knn": ("container_ssl.eval.knn_cli", "weighted k-NN evaluation of frozen features (torch or faiss)"),
+    "linear": ("container_ssl.eval.linear", "linear probe on frozen features"),
+    "finetune": ("container_ssl.eval.finetune", "low-data finetune (e.g. 10% of the labels)"),
+    "report": ("container_ssl.eval.report", "markdown + PNG report comparing runs"),
+    "submit": ("container_ssl.launch.submit", "run any command on SLURM (or locally) through submitit"),
+}
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The full parser; ``only`` limits imports to one sub-command's module (fast start-up)."""
+    parser = argparse.ArgumentParser(
+        prog="container-ssl",
+        description="Self-supervised DINO pretraining and evaluation of CONTAINER-LIGHT and DeiT backbones.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or only == name:
+            module = _import_command(module_name)
+            if module is not None:
+                module.configure_parser(p)
+                p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _import_command(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:  # command not built yet: keep the others usable
+            return None
+        raise
