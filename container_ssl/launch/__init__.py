@@ -1,1 +1,1 @@
-"""launch"""
+"""Launch: distributed set-up (single process, torchrun, SLURM) and submitit jobs."""

@@ -1,0 +1,165 @@
+"""Datasets for pretraining and evaluation: ImageFolder trees, archives of them, and torchvision CIFAR-10.
+
+Why one entry point: every command takes the same ``data.path`` (a folder with ``train/`` and ``val/``,
+a .tar/.tar.gz of one, or ``cifar10``) so a user points pretraining, kNN, linear and finetune at the same
+data the same way. Bad images are skipped and counted (``on_bad_image=skip``, the default) or stop the
+run with the file's name (``error``); they never crash a run mid-epoch without saying which file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.data import Dataset, default_collate
+from torchvision.datasets import ImageFolder
+
+from ..errors import UserError
+from .archives import default_cache_dir, extract_archive, is_archive
+from .images import BadImage, load_rgb
+
+log = logging.getLogger(__name__)
+
+BAD_IMAGE_POLICIES = ("skip", "error")
+
+
+class SafeImageFolder(ImageFolder):
+    """ImageFolder whose unreadable files become ``None`` (skip) or a :class:`UserError` naming the file."""
+
+    def __init__(self, root: str, transform: Optional[Callable] = None, on_bad_image: str = "skip"):
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise UserError(f"data.on_bad_image must be one of {BAD_IMAGE_POLICIES}, got '{on_bad_image}'")
+        _check_class_folders(Path(root))
+        try:
+            super().__init__(root, transform=transform, loader=load_rgb)
+        except FileNotFoundError as e:
+            raise UserError(f"no images found under {root} ({e}); point data.path at an ImageFolder tree") from None
+        self.on_bad_image = on_bad_image
+
+    def __getitem__(self, index: int) -> Any:
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)
+        except BadImage as e:
+            if self.on_bad_image == "error":
+                raise UserError(f"unreadable image {e}; delete or replace it, or set data.on_bad_image=skip") from None
+            log.warning("skipping unreadable image %s", e)
+            return None
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, target
+
+
+class TorchvisionCIFAR10(Dataset):
+    """torchvision's CIFAR-10 (downloaded once) with the ImageFolder attributes the pipeline uses."""
+
+    def __init__(self, root: Path, train: bool, transform: Optional[Callable] = None):
+        from torchvision.datasets import CIFAR10
+
+        try:
+            self._ds = CIFAR10(str(root), train=train, download=True)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError
+            raise UserError(f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); without internet, "
+                            "set data.path to an ImageFolder directory or a .tar.gz of one") from None
+        self.transform = transform
+        self.classes = list(self._ds.classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.targets = list(self._ds.targets)
+        split = "train" if train else "val"
+        self.samples = [(f"{split}/{i:05d}", t) for i, t in enumerate(self.targets)]
+        self.root = str(root)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Any:
+        from PIL import Image
+
+        image = Image.fromarray(self._ds.data[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+def resolve_root(path: str, cache_dir: str = "") -> Path:
+    """The local folder holding ``train/``, ``val/``… for a directory or an archive path."""
+    if is_archive(path) or (Path(path).is_file()):
+        root = extract_archive(path, cache_dir or None)
+    else:
+        root = Path(path)
+        if not root.exists():
+            raise UserError(f"data path not found: {path}; give an ImageFolder directory, a .tar/.tar.gz of one, "
+                            "or 'cifar10'")
+        if not root.is_dir():
+            raise UserError(f"data path {path} is neither a directory nor a tar archive")
+    # an archive (or folder) holding one top folder, e.g. cifar10/{train,val}: descend into it
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+        if len(entries) == 1 and entries[0].is_dir() and not _looks_like_split(root):
+            root = entries[0]
+        else:
+            return root
+
+
+def build_dataset(path: str, split: str, transform: Optional[Callable] = None, cache_dir: str = "",
+                  on_bad_image: str = "skip", limit: int = 0, seed: int = 0) -> Dataset:
+    """An ImageFolder-like dataset (``classes``, ``targets``, ``samples``) for ``split`` of ``path``.
+
+    ``limit`` keeps a seeded random subset of that many images (quick runs and tests).
+    """
+    if path == "cifar10":
+        root = Path(cache_dir) if cache_dir else default_cache_dir()
+        ds: Dataset = TorchvisionCIFAR10(root / "cifar10-torchvision", train=(split == "train"), transform=transform)
+    else:
+        root = resolve_root(path, cache_dir)
+        split_dir = root / split
+        if not split_dir.is_dir():
+            found = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise UserError(f"split folder '{split}' not found in {path} (found: {', '.join(found) or 'nothing'}); "
+                            "the layout is <root>/<split>/<class>/<image>")
+        ds = SafeImageFolder(str(split_dir), transform=transform, on_bad_image=on_bad_image)
+    if limit and limit < len(ds.targets):
+        _keep_subset(ds, limit, seed)
+    return ds
+
+
+def skip_bad_collate(batch: list) -> Any:
+    """default_collate without the ``None`` items of skipped images; adds nothing to the batch structure."""
+    kept = [b for b in batch if b is not None]
+    if not kept:
+        return None
+    return default_collate(kept)
+
+
+def count_skipped(batch: list) -> int:
+    return sum(1 for b in batch if b is None)
+
+
+def _keep_subset(ds: Any, limit: int, seed: int) -> None:
+    order = list(range(len(ds.targets)))
+    random.Random(seed).shuffle(order)
+    keep = sorted(order[:limit])
+    ds.samples = [ds.samples[i] for i in keep]
+    ds.targets = [ds.targets[i] for i in keep]
+    if isinstance(ds, SafeImageFolder):
+        ds.imgs = ds.samples
+    else:
+        ds._ds.data = ds._ds.data[keep]
+        ds._ds.targets = list(ds.targets)
+
+
+def _looks_like_split(root: Path) -> bool:
+    return any((root / s).is_dir() for s in ("train", "val", "test"))
+
+
+def _check_class_folders(root: Path) -> None:
+    if not root.is_dir():
+        raise UserError(f"image folder not found: {root}")
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.is_dir() and not entry.name.startswith("."):
+            if not any(f.is_file() for f in os.scandir(entry.path)):
+                raise UserError(f"class folder {entry.path} is empty; add its images or remove the folder")

@@ -1,0 +1,98 @@
+"""What a run writes as it goes: metrics JSON lines, TensorBoard events, console progress.
+
+Why resume-aware: a run resumed from iteration ``i`` must neither lose nor repeat steps in its logs.
+Metrics lines past the checkpoint (written after the last save, before the crash) are dropped, and
+TensorBoard's ``purge_step`` hides the events past it, so curves continue as if never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+
+class MetricsLog:
+    """Append-only JSON-lines file; on resume, lines with ``iteration >= resume_iteration`` are dropped."""
+
+    def __init__(self, path: Path, resume_iteration: Optional[int] = None):
+        self.path = path
+        if resume_iteration is not None and path.is_file():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and _iteration(line) < resume_iteration]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(path)
+        self._f = open(path, "a", buffering=1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _iteration(line: str) -> float:
+    try:
+        return float(json.loads(line).get("iteration", -1))
+    except ValueError:
+        return math.inf
+
+
+class TensorBoard:
+    """A thin wrapper so a run without the ``tensorboard`` package still trains (nothing is written)."""
+
+    def __init__(self, log_dir: Path, purge_step: Optional[int] = None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # pragma: no cover - tensorboard is a core dependency
+            self.writer = None
+            return
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def images(self, tag: str, images, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_images(tag, images, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Progress:
+    """Console line: epoch, iteration, loss, images/s (smoothed) and ETA."""
+
+    def __init__(self, total_iterations: int, start_iteration: int, stream=sys.stdout):
+        self.total, self.stream = total_iterations, stream
+        self.t0, self.it0 = time.perf_counter(), start_iteration
+        self.images = 0
+
+    def add_images(self, n: int) -> None:
+        self.images += n
+
+    def images_per_s(self) -> float:
+        dt = time.perf_counter() - self.t0
+        return self.images / dt if dt > 0 else 0.0
+
+    def line(self, epoch: int, epochs: int, iteration: int, values: dict[str, float]) -> str:
+        done = iteration + 1 - self.it0
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - iteration - 1)
+        parts = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        text = (f"epoch {epoch + 1}/{epochs} it {iteration + 1}/{self.total} {parts} "
+                f"img/s {self.images_per_s():.1f} eta {_hms(eta)}")
+        print(text, file=self.stream, flush=True)
+        return text
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

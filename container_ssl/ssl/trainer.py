@@ -1,0 +1,444 @@
+"""DINO pretraining: a student and an EMA teacher trained with the multi-crop DINO loss.
+
+Why one function (:func:`pretrain`) with a config object: the same code path runs as a plain process,
+under torchrun and inside a submitit SLURM job (see :mod:`container_ssl.launch.distributed`), and the
+resolved config saved next to the run is all that is needed to repeat it. Everything the loop needs to
+continue exactly (weights, optimiser, scaler, loss centre, position in the epoch, every RNG state) goes
+into ``checkpoint.pt``; a run started on a folder that holds one resumes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, default_collate
+
+from ..checkpoint import load_checkpoint, save_atomic
+from ..config import load_config, to_dict, to_yaml
+from ..data import build_dataset
+from ..errors import UserError
+from ..launch.distributed import DistInfo, init_distributed
+from ..models import DINOHead, create_backbone
+from . import optim as dino_optim
+from .ema import update_teacher
+from .loss import DINOLoss
+from .multicrop import MultiCropWrapper
+from .run_log import MetricsLog, Progress, TensorBoard
+from .sampling import ResumableSampler, SeededViews
+from .schedules import cosine_schedule
+from .state import gather_rng_states, set_rng_state
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN/inf; the message gives the step, the loss terms and the last good checkpoint."""
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file from configs/pretrain/ (keys: container_ssl/config.py)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. optim.epochs=10 data.path=/data/imagenet")
+    p.add_argument("--output-dir", help="same as output_dir=...")
+    p.add_argument("--resume", metavar="CKPT",
+                   help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pt when it exists)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUTPUT_DIR has a checkpoint")
+    p.add_argument("--on-nan", choices=["stop", "skip-step"],
+                   help="non-finite loss: stop with the step number (default) or skip that step and count it")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides or [])
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    if args.on_nan:
+        overrides.append(f"on_nan={args.on_nan}")
+    cfg = load_config(args.config, overrides)
+    pretrain(cfg, resume=args.resume, auto_resume=not args.no_resume)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ building parts
+def build_models(cfg: DictConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
+    """Student (with stochastic depth) and teacher (without), starting from the same weights."""
+    m = cfg.model
+
+    def make(drop_path: float) -> MultiCropWrapper:
+        backbone = create_backbone(m.name, img_size=m.img_size, patch_size=m.patch_size, drop_path_rate=drop_path)
+        head = DINOHead(backbone.num_features, out_dim=m.out_dim, use_bn=m.use_bn_in_head,
+                        norm_last_layer=m.norm_last_layer, hidden_dim=m.hidden_dim, bottleneck_dim=m.bottleneck_dim)
+        return MultiCropWrapper(backbone, head)
+
+    student, teacher = make(m.drop_path_rate), make(0.0)
+    teacher.load_state_dict(student.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return student, teacher
+
+
+def collate_views(batch: list) -> tuple[Any, Any, int]:
+    """(views, labels, number of skipped unreadable images); views is a list of crop batches."""
+    kept = [b for b in batch if b is not None]
+    if not kept:
+        return None, None, len(batch)
+    views, labels = default_collate(kept)
+    return views, labels, len(batch) - len(kept)
+
+
+def build_loader(cfg: DictConfig, info: DistInfo) -> tuple[DataLoader, ResumableSampler, Optional[nn.Module]]:
+    """Train loader yielding multi-crop views (CPU back-end) or base-size uint8 images (GPU back-end)."""
+    if cfg.aug.backend == "cpu":
+        from .augment import MultiCropTransform
+        transform, gpu_aug = MultiCropTransform(cfg.aug), None
+    elif cfg.aug.backend == "gpu":
+        from .augment_gpu import BaseResize, KorniaMultiCrop
+        transform, gpu_aug = BaseResize(cfg.aug), KorniaMultiCrop(cfg.aug).to(info.device)
+    else:
+        raise UserError(f"aug.backend must be 'cpu' or 'gpu', got '{cfg.aug.backend}'")
+    data = build_dataset(cfg.data.path, cfg.data.train_split, cache_dir=cfg.data.cache_dir,
+                         on_bad_image=cfg.data.on_bad_image, limit=cfg.data.subset, seed=cfg.seed)
+    views = SeededViews(data, seed=cfg.seed, transform=transform)
+    sampler = ResumableSampler(len(views), cfg.optim.batch_size_per_gpu, seed=cfg.seed,
+                               rank=info.rank, world_size=info.world_size)
+    workers = cfg.data.num_workers
+    loader = DataLoader(views, batch_size=cfg.optim.batch_size_per_gpu, sampler=sampler, num_workers=workers,
+                        collate_fn=collate_views, pin_memory=info.device.type == "cuda", drop_last=False,
+                        persistent_workers=workers > 0, generator=torch.Generator(),
+                        prefetch_factor=4 if workers > 0 else None)
+    return loader, sampler, gpu_aug
+
+
+def amp_context(cfg: DictConfig, device: torch.device) -> tuple[Callable[[], Any], Optional[torch.amp.GradScaler]]:
+    mode = cfg.optim.amp
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" else "none"
+    if mode == "none":
+        return nullcontext, None
+    if mode not in ("bf16", "fp16"):
+        raise UserError(f"optim.amp must be auto, bf16, fp16 or none, got '{mode}'")
+    if mode == "fp16" and device.type != "cuda":
+        raise UserError("optim.amp=fp16 needs a GPU; use bf16 or none on the CPU")
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if mode == "fp16" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def check_output_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output_dir {path} is not writable ({e.strerror or e}); choose another output_dir") from None
+
+
+# --------------------------------------------------------------------------------------------- loop
+def pretrain(cfg: DictConfig, resume: Optional[str] = None, auto_resume: bool = True,
+             stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    """Run (or continue) DINO pretraining as described by ``cfg``; returns the run summary."""
+    trainer = DinoTrainer(cfg, resume=resume, auto_resume=auto_resume)
+    return trainer.train(stop_requested)
+
+
+class DinoTrainer:
+    """Holds the student, teacher, optimiser, loss and schedules of one run, and runs its loop."""
+
+    def __init__(self, cfg: DictConfig, resume: Optional[str] = None, auto_resume: bool = True):
+        self.cfg = cfg
+        self.info = info = init_distributed(cfg.device)
+        self.out = out = Path(cfg.output_dir)
+        if info.is_main:
+            check_output_dir(out)
+        torch.manual_seed(cfg.seed + info.rank)
+
+        student, teacher = build_models(cfg)
+        if info.distributed and _has_batchnorm(student):
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.student = student.to(info.device, memory_format=fmt)
+        self.teacher = teacher.to(info.device, memory_format=fmt)
+        self.student_ddp: nn.Module = student
+        if info.distributed:
+            ids = [info.local_rank] if info.device.type == "cuda" else None
+            self.student_ddp = DistributedDataParallel(student, device_ids=ids)
+
+        self.loader, self.sampler, self.gpu_aug = build_loader(cfg, info)
+        o, lc = cfg.optim, cfg.loss
+        self.epochs, self.iters = o.epochs, self.sampler.batches_per_epoch
+        self.total_iters = self.epochs * self.iters
+        global_batch = o.batch_size_per_gpu * info.world_size
+        self.lr_sched = cosine_schedule(o.base_lr * global_batch / 256.0, o.min_lr, self.epochs, self.iters,
+                                        warmup_epochs=o.warmup_epochs)
+        self.wd_sched = cosine_schedule(o.weight_decay, o.weight_decay_end, self.epochs, self.iters)
+        self.m_sched = cosine_schedule(o.momentum_teacher, o.momentum_teacher_end, self.epochs, self.iters)
+
+        no_decay = getattr(student.backbone, "no_weight_decay", lambda: set())()
+        self.optimizer = dino_optim.build_optimizer(o.optimizer, dino_optim.param_groups(student, no_decay),
+                                                    fused=info.device.type == "cuda")
+        self.loss_fn = DINOLoss(cfg.model.out_dim, 2 + cfg.aug.n_local, lc.warmup_teacher_temp, lc.teacher_temp,
+                                lc.warmup_teacher_temp_epochs, self.epochs, lc.student_temp,
+                                lc.center_momentum).to(info.device)
+        self.autocast, self.scaler = amp_context(cfg, info.device)
+        self.stats = {"skipped_images": 0, "nan_steps_skipped": 0, "train_time_s": 0.0, "images_seen": 0}
+
+        self.start_epoch = self.start_batch = 0
+        self.resumed_from: Optional[Path] = None
+        ckpt_path = Path(resume) if resume else None
+        if ckpt_path is None and auto_resume and (out / CHECKPOINT).is_file():
+            ckpt_path = out / CHECKPOINT
+        if ckpt_path is not None:
+            self._resume(ckpt_path)
+        self.start_iteration = self.start_epoch * self.iters + self.start_batch
+
+        self.metrics = self.tb = None
+        if info.is_main:
+            (out / "config.yaml").write_text(to_yaml(cfg))
+            purge = self.start_iteration if self.resumed_from else None
+            self.metrics = MetricsLog(out / "metrics.jsonl", resume_iteration=purge)
+            self.tb = TensorBoard(out / "tb", purge_step=purge)
+
+    # ------------------------------------------------------------------------------------------ loop
+    def train(self, stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        cfg, it = self.cfg, self.start_iteration
+        max_steps = min(cfg.max_steps or self.total_iters, self.total_iters)
+        self.progress = Progress(self.total_iters, it)
+        t_start = time.perf_counter()
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                if it >= max_steps:
+                    break
+                first = self.start_batch if epoch == self.start_epoch else 0
+                self.sampler.set_epoch(epoch, first)
+                self.student.train()
+                self.teacher.train()
+                batch, t0, images = first, time.perf_counter(), 0
+                for views, _, skipped in self.loader:
+                    self.stats["skipped_images"] += skipped
+                    if views is not None:
+                        images += self.train_step(views, epoch, it)
+                    batch, it = batch + 1, it + 1
+                    if it >= max_steps or stop_requested():
+                        break
+                    if cfg.checkpoint_every_steps and it % cfg.checkpoint_every_steps == 0 and batch < self.iters:
+                        self.save(epoch, batch)
+                dt = time.perf_counter() - t0
+                self.stats["train_time_s"] += dt
+                self.stats["images_seen"] += images * self.info.world_size
+                if batch < self.iters:  # stopped inside the epoch
+                    self.save(epoch, batch)
+                    break
+                self._log({"type": "epoch", "epoch": epoch, "iteration": it - 1,
+                           "images_per_s": images * self.info.world_size / max(dt, 1e-9), "epoch_time_s": dt,
+                           "skipped_images": self.stats["skipped_images"],
+                           "nan_steps_skipped": self.stats["nan_steps_skipped"]})
+                self.monitor(epoch, it - 1)
+                self.save(epoch + 1, 0, periodic=_periodic(epoch, cfg, self.epochs))
+        finally:
+            for sink in (self.metrics, self.tb):
+                if sink is not None:
+                    sink.close()
+        return self.summary(time.perf_counter() - t_start, finished=it >= self.total_iters)
+
+    def train_step(self, views: Any, epoch: int, it: int) -> int:
+        """One DINO step: teacher on global crops, student on all, loss, backward, clip, step, EMA."""
+        cfg, dev = self.cfg, self.info.device
+        if self.gpu_aug is not None:
+            views = self.gpu_aug(views.to(dev, non_blocking=True))
+        else:
+            views = [v.to(dev, non_blocking=True) for v in views]
+        if cfg.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        n = views[0].shape[0]
+        dino_optim.set_lr_wd(self.optimizer, float(self.lr_sched[it]), float(self.wd_sched[it]))
+
+        with self.autocast():
+            with torch.no_grad():
+                teacher_out = self.teacher(views[:2])
+            student_out = self.student_ddp(views)
+        loss = self.loss_fn(student_out.float(), teacher_out.float(), epoch)
+
+        if not self._all_finite(loss):
+            self._on_non_finite(loss, epoch, it)
+            return 0
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if cfg.optim.clip_grad:
+            dino_optim.clip_per_parameter(self.student.parameters(), cfg.optim.clip_grad)
+        dino_optim.cancel_last_layer_gradients(self.student, epoch, cfg.optim.freeze_last_layer)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        momentum = float(self.m_sched[it])
+        update_teacher(self.student, self.teacher, momentum)
+
+        self.progress.add_images(n * self.info.world_size)
+        if it == self.start_iteration and cfg.monitor.log_images and self.tb is not None:
+            self._log_crops(views, it)
+        if (it + 1) % cfg.monitor.log_every == 0 or it + 1 == self.total_iters:
+            self._log_step(loss, epoch, it, momentum)
+        return n
+
+    # --------------------------------------------------------------------------------- non-finite loss
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        flag = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.info.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() == 1.0)
+
+    def _on_non_finite(self, loss: torch.Tensor, epoch: int, it: int) -> None:
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in getattr(self.loss_fn, "last_stats", {}).items()
+                          if isinstance(v, (int, float)))
+        if self.cfg.on_nan == "skip-step":
+            self.stats["nan_steps_skipped"] += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self._log({"type": "nan_skip", "epoch": epoch, "iteration": it, "loss": float(loss.detach())})
+            if self.info.is_main:
+                print(f"warning: non-finite loss at step {it + 1}; step skipped "
+                      f"({self.stats['nan_steps_skipped']} so far)", flush=True)
+            return
+        good = self.out / CHECKPOINT
+        where = f"the last good checkpoint {good} is unchanged" if good.is_file() else "no checkpoint was written yet"
+        raise NonFiniteLoss(f"non-finite loss at step {it + 1} (epoch {epoch + 1}; loss={float(loss.detach())}"
+                            f"{'; ' + terms if terms else ''}); {where}; lower optim.base_lr, check the data, "
+                            "or run with --on-nan skip-step")
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def save(self, epoch: int, batch_in_epoch: int, periodic: bool = False) -> None:
+        """Write ``checkpoint.pt`` (and ``checkpoint_XXXX.pt`` when periodic) atomically, from rank 0."""
+        if epoch >= self.epochs:
+            epoch, batch_in_epoch = self.epochs, 0
+        rng = gather_rng_states()
+        if not self.info.is_main:
+            return
+        state = {
+            "config": to_dict(self.cfg), "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+            "loss": self.loss_fn.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "iteration": epoch * self.iters + batch_in_epoch, "rng": rng, "world_size": self.info.world_size,
+            "stats": dict(self.stats),
+        }
+        save_atomic(state, self.out / CHECKPOINT)
+        if periodic:
+            save_atomic(state, self.out / f"checkpoint_{epoch:04d}.pt")
+
+    def _resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        _restore(ckpt, self.student, self.teacher, self.optimizer, self.scaler, self.loss_fn, self.info, path)
+        self.start_epoch, self.start_batch = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
+        self.stats.update(ckpt.get("stats", {}))
+        self.resumed_from = path
+        if self.info.is_main:
+            print(f"resumed from {path} at epoch {self.start_epoch + 1}, "
+                  f"iteration {self.start_epoch * self.iters + self.start_batch}", flush=True)
+
+    # ---------------------------------------------------------------------------------------- logging
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
+
+    def _log_step(self, loss: torch.Tensor, epoch: int, it: int, momentum: float) -> None:
+        s = getattr(self.loss_fn, "last_stats", {})
+        values = {"loss": float(loss.detach()), "lr": float(self.lr_sched[it]), "wd": float(self.wd_sched[it]),
+                  "momentum": momentum}
+        values.update({k: float(v) for k, v in s.items() if k != "loss" and isinstance(v, (int, float, torch.Tensor))})
+        if not self.info.is_main:
+            return
+        self._log({"type": "train", "epoch": epoch, "iteration": it, **values,
+                   "images_per_s": self.progress.images_per_s()})
+        self.tb.scalars({f"train/{k}": v for k, v in values.items()}, it)
+        self.progress.line(epoch, self.epochs, it, {"loss": values["loss"], "lr": values["lr"]})
+
+    def _log_crops(self, views: list[torch.Tensor], it: int) -> None:
+        from .augment import denormalize
+
+        a = self.cfg.aug
+        for i, v in enumerate(views[: min(len(views), 3)]):
+            self.tb.images(f"crops/view{i}", denormalize(v[:8].detach().float().cpu(), a.mean, a.std).clamp(0, 1), it)
+
+    # ------------------------------------------------------------------------------------ monitoring
+    def monitor(self, epoch: int, it: int) -> None:
+        """Online kNN of the teacher's features every ``monitor.knn_every`` epochs (learning / collapse)."""
+        every = self.cfg.monitor.knn_every
+        if not every or ((epoch + 1) % every and epoch + 1 != self.epochs):
+            return
+        from .monitor import online_knn
+
+        top1, top5 = online_knn(self.teacher.backbone, self.cfg, self.info)
+        if self.info.is_main:
+            k = self.cfg.monitor.knn_k
+            self._log({"type": "knn", "epoch": epoch, "iteration": it, "k": k, "top1": top1, "top5": top5})
+            self.tb.scalars({f"knn/top1_k{k}": top1}, it)
+            print(f"epoch {epoch + 1}: online kNN (k={k}) top-1 {top1:.2f}%", flush=True)
+
+    def summary(self, wall_time_s: float, finished: bool) -> dict[str, Any]:
+        from ..models.complexity import count_macs
+
+        backbone = self.student.backbone
+        out = {
+            "model": self.cfg.model.name, "params": sum(p.numel() for p in backbone.parameters()),
+            "gmacs": count_macs(backbone, self.cfg.aug.global_size) / 1e9,
+            "img_size": self.cfg.aug.global_size, "epochs": self.epochs, "iterations": self.total_iters,
+            "images_per_s": self.stats["images_seen"] / max(self.stats["train_time_s"], 1e-9),
+            "wall_time_s": wall_time_s, "train_time_s": self.stats["train_time_s"], "finished": finished,
+            "world_size": self.info.world_size, "skipped_images": self.stats["skipped_images"],
+            "nan_steps_skipped": self.stats["nan_steps_skipped"],
+        }
+        if self.info.is_main:
+            (self.out / "summary.json").write_text(json.dumps(out, indent=2))
+        return out
+
+
+def _periodic(epoch: int, cfg: DictConfig, epochs: int) -> bool:
+    every = cfg.checkpoint_every_epochs
+    return bool(every) and ((epoch + 1) % every == 0 or epoch + 1 == epochs)
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _restore(ckpt: dict, student: nn.Module, teacher: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: Optional[torch.amp.GradScaler], loss_fn: nn.Module, info: DistInfo, path: Path) -> None:
+    for key in ("student", "teacher", "optimizer", "loss", "epoch", "batch_in_epoch"):
+        if key not in ckpt:
+            raise UserError(f"checkpoint {path} has no '{key}' entry; it is not a container-ssl pretraining checkpoint")
+    for name, module in (("student", student), ("teacher", teacher)):
+        result = module.load_state_dict(ckpt[name], strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise UserError(f"checkpoint {path} does not fit this model ({name}): "
+                            f"{len(result.missing_keys)} missing keys (e.g. {', '.join(result.missing_keys[:3])}), "
+                            f"{len(result.unexpected_keys)} unexpected (e.g. {', '.join(result.unexpected_keys[:3])}); "
+                            "use the config the run was started with")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    loss_fn.load_state_dict(ckpt["loss"])
+    rng = ckpt.get("rng") or []
+    if len(rng) == info.world_size:
+        set_rng_state(rng[info.rank])
+    elif info.is_main:
+        log.warning("checkpoint was written by %d ranks, this run has %d: RNG streams restart from the seed",
+                    len(rng), info.world_size)
