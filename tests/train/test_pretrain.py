@@ -1,0 +1,95 @@
+"""Pretraining loop: exact resume, frozen last layer, a short real run, config and checkpoint errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from container_ssl.checkpoint import load_checkpoint
+from container_ssl.config import load_config
+from container_ssl.errors import UserError
+from container_ssl.ssl.trainer import DinoTrainer, pretrain
+
+TINY = [
+    "device=cpu", "model.name=container_light_nano", "model.img_size=32", "model.patch_size=2",
+    "model.out_dim=256", "model.hidden_dim=64", "model.bottleneck_dim=32", "model.drop_path_rate=0.1",
+    "aug.global_size=32", "aug.local_size=16", "aug.n_local=2", "data.num_workers=0",
+    "optim.batch_size_per_gpu=16", "optim.warmup_epochs=1", "optim.base_lr=0.004",
+    "loss.warmup_teacher_temp_epochs=1", "monitor.log_every=1", "monitor.log_images=false",
+    "checkpoint_every_epochs=1",
+]
+
+
+def tiny_cfg(data: Path, out: Path, *extra: str):
+    return load_config(overrides=TINY + [f"data.path={data}", f"output_dir={out}", *extra])
+
+
+def _same_weights(a: dict, b: dict) -> list[str]:
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_resume_mid_epoch_gives_identical_weights(cifar10_small, tmp_path):
+    common = ["data.subset=64", "optim.epochs=2"]  # 4 iterations per epoch, 8 in all
+    straight = tmp_path / "straight"
+    pretrain(tiny_cfg(cifar10_small, straight, *common))
+
+    split = tmp_path / "split"
+    pretrain(tiny_cfg(cifar10_small, split, *common, "max_steps=3"))  # stops inside epoch 0
+    mid = load_checkpoint(split / "checkpoint.pt")
+    assert (mid["epoch"], mid["batch_in_epoch"]) == (0, 3)
+    # resume with data-loader workers: augmentation is seeded per sample, so workers change nothing
+    pretrain(tiny_cfg(cifar10_small, split, *common, "data.num_workers=2"))
+
+    a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(split / "checkpoint.pt")
+    assert a["iteration"] == b["iteration"] == 8
+    for key in ("student", "teacher"):
+        assert not _same_weights(a[key], b[key]), f"{key} differs after resume"
+    assert torch.equal(a["loss"]["center"], b["loss"]["center"])
+    # metrics neither lose nor repeat steps
+    iters = [json.loads(line)["iteration"] for line in (split / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "train"]
+    assert iters == list(range(8))
+
+
+def test_last_layer_frozen_in_first_epoch(cifar10_small, tmp_path):
+    cfg = tiny_cfg(cifar10_small, tmp_path / "run", "data.subset=32", "optim.epochs=2", "optim.freeze_last_layer=1",
+                   "model.norm_last_layer=false", "optim.warmup_epochs=0")
+    trainer = DinoTrainer(cfg)
+    last = {k: v.clone() for k, v in trainer.student.head.named_parameters() if "last_layer" in k}
+    other = {k: v.clone() for k, v in trainer.student.head.named_parameters() if "last_layer" not in k}
+    assert last
+    trainer.train(lambda: True)  # one step, in epoch 0
+    now = dict(trainer.student.head.named_parameters())
+    assert all(torch.equal(now[k], v) for k, v in last.items()), "last layer moved in the frozen epoch"
+    assert any(not torch.equal(now[k], v) for k, v in other.items()), "the rest of the head did not train"
+
+
+def test_short_real_run_learns_without_collapse(cifar10_small, tmp_path):
+    out = tmp_path / "run"
+    summary = pretrain(tiny_cfg(cifar10_small, out, "optim.epochs=6", "optim.warmup_epochs=1",
+                                "optim.batch_size_per_gpu=32", "data.subset=256"))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if r["type"] == "train"]
+    first, last = sum(r["loss"] for r in train[:4]) / 4, sum(r["loss"] for r in train[-4:]) / 4
+    assert last < first - 0.1, f"loss did not go down: {first:.3f} -> {last:.3f}"
+    # collapse: teacher outputs become one-hot (entropy -> 0) or uniform (KL to uniform -> 0)
+    assert train[-1]["teacher_entropy"] > 0.5
+    assert train[-1]["teacher_kl_uniform"] > 0.05
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 6 and summary["finished"]
+    assert (out / "config.yaml").is_file() and (out / "checkpoint_0006.pt").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(UserError, match="unknown config key 'optim.lr'.*base_lr"):
+        load_config(overrides=["optim.lr=0.1"])
+    with pytest.raises(UserError, match="optim.epochs"):
+        load_config(overrides=["optim.epochs=ten"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  nmae: deit_tiny\n")
+    with pytest.raises(UserError, match=f"model.nmae.*{bad.name}"):
+        load_config(bad)
