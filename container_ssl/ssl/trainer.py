@@ -168,7 +168,9 @@ class DinoTrainer:
         torch.manual_seed(cfg.seed + info.rank)
 
         student, teacher = build_models(cfg)
-        if info.distributed and _has_batchnorm(student):
+        if info.distributed and info.device.type == "cuda" and _has_batchnorm(student):
+            # batch statistics over the global batch (torch supports SyncBatchNorm on GPUs only;
+            # CPU/gloo runs keep per-rank statistics)
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
             teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
