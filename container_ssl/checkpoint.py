@@ -55,7 +55,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"refused to load {path}: it holds objects other than tensors and plain containers, "
                         f"which could run code ({first[:160]}); only load checkpoints you trust, "
                         "re-saved as plain state_dicts") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError) as e:
         raise UserError(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}); "
                         "use the previous checkpoint or re-save it") from None
     if not isinstance(obj, dict):

@@ -388,7 +388,9 @@ class DinoTrainer:
             return
         from .monitor import online_knn
 
-        top1, top5 = online_knn(self.teacher.backbone, self.cfg, self.info)
+        devices = [self.info.device] if self.info.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the data loaders draw seeds; keep the run's RNG stream
+            top1, top5 = online_knn(self.teacher.backbone, self.cfg, self.info)
         if self.info.is_main:
             k = self.cfg.monitor.knn_k
             self._log({"type": "knn", "epoch": epoch, "iteration": it, "k": k, "top1": top1, "top5": top5})

@@ -1,0 +1,104 @@
+"""``container-ssl knn``: weighted k-NN accuracy of a checkpoint's frozen features.
+
+Why a separate module from :mod:`container_ssl.eval.knn`: the algorithm works on tensors and is reused
+by the pretraining loop's online monitor; this module only turns flags into data, features and a report
+(a table on stdout and ``<output-dir>/knn.json``, which ``container-ssl report`` reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from .features import cached_features, load_backbone
+from .knn import (
+    DEFAULT_KS,
+    DEFAULT_TEMPERATURE,
+    check_class_sets,
+    knn_classify,
+    resolve_backend,
+)
+from .options import (
+    add_checkpoint_args,
+    add_data_args,
+    add_feature_cache_args,
+    add_runtime_args,
+    build_split,
+    positive_float,
+    positive_int,
+    resolve_data,
+    resolve_device,
+    resolve_feature_cache,
+    resolve_output_dir,
+    write_json,
+)
+from .transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Weighted k-NN classification (DINO protocol: cosine similarity, weights exp(sim/T)) "
+                          "of frozen features of the train split, evaluated on the val split. Writes "
+                          "<output-dir>/knn.json and prints a table.")
+    add_checkpoint_args(parser)
+    add_data_args(parser)
+    g = parser.add_argument_group("kNN")
+    g.add_argument("--k", type=positive_int, nargs="+", default=list(DEFAULT_KS), help="neighbour counts (default 10 20 100 200)")
+    g.add_argument("--temperature", type=positive_float, default=DEFAULT_TEMPERATURE, help="vote temperature T (default 0.07)")
+    g.add_argument("--backend", default="auto", choices=("auto", "torch", "faiss"),
+                   help="auto = faiss when faiss sees a GPU and the bank has >= 100k images, else torch; "
+                        "both give identical results")
+    g.add_argument("--chunk-size", type=positive_int, default=None,
+                   help="queries per similarity block of the torch back-end (default: sized to ~512 MiB)")
+    add_feature_cache_args(parser)
+    add_runtime_args(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.time()
+    model, info = load_backbone(args.checkpoint, args.checkpoint_key, args.model, args.img_size, args.patch_size)
+    spec = resolve_data(args, info["config"], info["img_size"])
+    out_dir = resolve_output_dir(args, args.checkpoint)
+    cache = resolve_feature_cache(args, out_dir)
+    device = resolve_device(args.device)
+    transform = eval_transform(spec.img_size, spec.mean, spec.std, args.crop_ratio)
+    train_ds = build_split(spec, spec.train_split, transform)
+    val_ds = build_split(spec, spec.val_split, transform)
+    check_class_sets(train_ds.classes, val_ds.classes)
+
+    common = {"batch_size": args.batch_size, "device": device, "num_workers": args.num_workers,
+              "use_amp": not args.no_amp}
+    train_f, train_y = cached_features(model, info, train_ds, cache, desc="train features", **common)
+    val_f, val_y = cached_features(model, info, val_ds, cache, desc="val features", **common)
+    backend = resolve_backend(args.backend, train_f.shape[0])
+    results = knn_classify(train_f, train_y, val_f, val_y, ks=args.k, temperature=args.temperature,
+                           num_classes=len(train_ds.classes), backend=backend, chunk_size=args.chunk_size,
+                           device=device)
+
+    print(format_table(results))
+    report = {
+        "checkpoint": info["checkpoint"], "checkpoint_sha256": info["sha256"],
+        "checkpoint_key": info["checkpoint_key"], "format": info["format"], "model": info["model"],
+        "epoch": info["epoch"], "feature": "pooled", "feature_dim": int(train_f.shape[1]),
+        "data": spec.as_dict(),
+        "train": {"split": spec.train_split, "images": int(train_f.shape[0])},
+        "val": {"split": spec.val_split, "images": int(val_f.shape[0])},
+        "num_classes": len(train_ds.classes), "temperature": args.temperature, "k": list(args.k),
+        "backend": backend, "results": [r.as_dict() for r in results],
+        "wall_time_s": round(time.time() - start, 2),
+    }
+    path = write_json(out_dir / "knn.json", report)
+    print(f"wrote {path}")
+    return 0
+
+
+def format_table(results: list) -> str:
+    """A plain-text table: k, top-1, top-5 (``–`` when there are fewer than five classes)."""
+    lines = [f"{'k':>5}  {'top1':>7}  {'top5':>7}"]
+    for r in results:
+        k = f"{r.k}" if r.k == r.k_used else f"{r.k}({r.k_used})"
+        top5 = f"{r.top5:7.2f}" if r.top5 is not None else f"{'–':>7}"
+        lines.append(f"{k:>5}  {r.top1:7.2f}  {top5}")
+    return "\n".join(lines)
