@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("container_ssl.ssl.trainer", "DINO self-supervised pretraining (student + EMA teacher)"),
     "knn": ("container_ssl.eval.knn_cli", "weighted k-NN evaluation of frozen features (torch or faiss)"),
     "linear": ("container_ssl.eval.linear", "linear probe on frozen features"),
-    "finetune": ("container_ssl.eval.finetune", "low-data finetune (e.g. 10% of the labels)"),
+    "finetune": ("container_ssl.eval.finetune", "low-data finetune (e.g. 10%% of the labels)"),
     "report": ("container_ssl.eval.report", "markdown + PNG report comparing runs"),
     "submit": ("container_ssl.launch.submit", "run any command on SLURM (or locally) through submitit"),
 }
@@ -54,11 +54,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(error: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it with its traceback."""
+    text = str(error).strip()
+    if "Original Traceback" in text:  # torch's ExceptionWrapper: the real message is on the last line
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _import_command(module_name: str):
