@@ -84,7 +84,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 256) -> None:
     g = parser.add_argument_group("runtime")
     g.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"default {batch_size}")
-    g.add_argument("--num-workers", type=int, default=4, help="data-loading processes (default 4; 0 = in-process)")
+    g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="data-loading processes (default: min(4, CPU cores); 0 = in-process)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     g.add_argument("--output-dir", default=None, metavar="DIR", help="default: <checkpoint's folder>/eval")

@@ -430,16 +430,27 @@ def _restore(ckpt: dict, student: nn.Module, teacher: nn.Module, optimizer: torc
         if key not in ckpt:
             raise UserError(f"checkpoint {path} has no '{key}' entry; it is not a container-ssl pretraining checkpoint")
     for name, module in (("student", student), ("teacher", teacher)):
-        result = module.load_state_dict(ckpt[name], strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise UserError(f"checkpoint {path} does not fit this model ({name}): "
-                            f"{len(result.missing_keys)} missing keys (e.g. {', '.join(result.missing_keys[:3])}), "
-                            f"{len(result.unexpected_keys)} unexpected (e.g. {', '.join(result.unexpected_keys[:3])}); "
+        own, saved = module.state_dict(), ckpt[name]
+        # checked before loading: load_state_dict raises a multi-line RuntimeError on a shape mismatch
+        missing = [k for k in own if k not in saved]
+        unexpected = [k for k in saved if k not in own]
+        shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in saved.items()
+                  if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
+        if missing or unexpected or shapes:
+            parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:2])})" for what, keys in
+                     (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
+            raise UserError(f"checkpoint {path} does not fit this model ({name}): {'; '.join(parts)}; "
                             "use the config the run was started with")
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    loss_fn.load_state_dict(ckpt["loss"])
+        module.load_state_dict(saved, strict=True)
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        loss_fn.load_state_dict(ckpt["loss"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path}: optimiser/loss state does not fit this run ({first[:160]}); "
+                        "use the config the run was started with") from None
     rng = ckpt.get("rng") or []
     if len(rng) == info.world_size:
         set_rng_state(rng[info.rank])

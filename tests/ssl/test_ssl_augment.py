@@ -1,0 +1,150 @@
+"""Multi-crop augmentation back-ends: shapes, dtypes, identity settings, determinism, config validation."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from PIL import Image
+from torchvision.transforms import v2
+
+from container_ssl.config import AugConfig
+from container_ssl.errors import UserError
+from container_ssl.ssl.augment import (
+    EvalTransform,
+    MultiCropTransform,
+    blur_kernel_size,
+    denormalize,
+)
+from container_ssl.ssl.augment_gpu import BaseResize, KorniaMultiCrop
+
+MEAN, STD = AugConfig().mean, AugConfig().std
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: intra-op threads only add contention on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cfg(**kw):
+    return AugConfig(**{"global_size": 32, "local_size": 16, "n_local": 3, **kw})
+
+
+def _identity_cfg(**kw):
+    return _cfg(global_scale=[1.0, 1.0], local_scale=[1.0, 1.0], flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
+                blur_p=[0.0, 0.0, 0.0], solarize_p=0.0, **kw)
+
+
+def _smooth_images(n, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 6, 6, generator=g)
+    smooth = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    return (smooth * 255).round().to(torch.uint8)
+
+
+def _normalised_resize(x, size):
+    y = v2.functional.resize(x, [size, size], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    return v2.functional.normalize(y.float() / 255, MEAN, STD)
+
+
+def test_cpu_shapes_and_dtypes():
+    t = MultiCropTransform(_cfg())
+    pil = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    for image in (pil, pil.convert("L"), v2.functional.pil_to_tensor(pil)):
+        crops = t(image)
+        assert [tuple(c.shape) for c in crops] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+        assert all(type(c) is torch.Tensor and c.dtype == torch.float32 for c in crops)
+
+
+def test_gpu_backend_shapes_dtypes_and_independent_draws():
+    aug = KorniaMultiCrop(OmegaConf.structured(_cfg()))  # the OmegaConf node works as well as the dataclass
+    x = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    for batch in (x, x.float() / 255):
+        crops = aug(batch)
+        assert [tuple(c.shape) for c in crops] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 3
+        assert all(c.dtype == torch.float32 for c in crops)
+    assert not torch.allclose(crops[0], crops[1])
+    assert not torch.allclose(crops[2], crops[3])
+    same = KorniaMultiCrop(_cfg())(x[:1].expand(4, -1, -1, -1))  # one image 4 times: 4 different crops
+    assert not torch.allclose(same[2][0], same[2][1])
+
+
+def test_seeded_runs_are_reproducible():
+    x = _smooth_images(3, 32)
+    aug, cpu = KorniaMultiCrop(_cfg()), MultiCropTransform(_cfg())
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        outs.append((aug(x), cpu(x[0])))
+    for a, b in zip(outs[0][0] + outs[0][1], outs[1][0] + outs[1][1]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("source", [48, 24])  # downscale (anti-aliased) and upscale
+def test_no_augmentation_gives_plain_resize(source):
+    x = _smooth_images(6, source)
+    cfg = _identity_cfg()
+    cpu = MultiCropTransform(cfg)
+    aug = KorniaMultiCrop(cfg)
+    gpu_crops = aug(x)
+    for i in range(len(x)):
+        cpu_crops = cpu(x[i])
+        for view, size in enumerate([32, 32, 16, 16, 16]):
+            ref = _normalised_resize(x[i], size)
+            torch.testing.assert_close(cpu_crops[view], ref, rtol=0, atol=1e-5)
+            err = (denormalize(gpu_crops[view][i], MEAN, STD) - denormalize(ref, MEAN, STD)).abs().mean()
+            assert err < 1e-2, (view, float(err))
+
+
+def test_gpu_backend_is_exact_when_no_resampling_is_needed():
+    x = _smooth_images(2, 32)
+    crops = KorniaMultiCrop(_identity_cfg())(x)
+    expected = v2.functional.normalize(x.float() / 255, MEAN, STD)
+    torch.testing.assert_close(crops[0], expected, rtol=0, atol=1e-5)
+
+
+def test_blur_kernel_sizes():
+    assert [blur_kernel_size(s) for s in (224, 96, 32, 16, 8)] == [23, 11, 3, 3, 3]
+
+
+@pytest.mark.parametrize("change", [{"flip_p": 1.5}, {"global_scale": [0.9, 0.2]}, {"blur_p": [1.0, 0.1]},
+                                    {"interpolation": "lanczos"}, {"local_size": 0}, {"std": [0.2, 0.0, 0.2]},
+                                    {"jitter": [0.4, 0.4, 0.2, 0.9]}])
+def test_bad_settings_raise_user_error(change):
+    cfg = dataclasses.replace(_cfg(), **change)
+    for backend in (MultiCropTransform, KorniaMultiCrop, BaseResize):
+        with pytest.raises(UserError):
+            backend(cfg)
+
+
+def test_bad_inputs_raise_user_error():
+    with pytest.raises(UserError, match="uint8"):
+        MultiCropTransform(_cfg())(torch.rand(3, 8, 8))
+    with pytest.raises(UserError, match=r"\[B, 3, H, W\]"):
+        KorniaMultiCrop(_cfg())(torch.rand(3, 8, 8))
+
+
+def test_eval_transform_and_denormalize():
+    x = _smooth_images(1, 32)[0]
+    out = EvalTransform(32, mean=MEAN, std=STD)(x)
+    torch.testing.assert_close(out, v2.functional.normalize(x.float() / 255, MEAN, STD))  # no resampling
+    torch.testing.assert_close(denormalize(out, MEAN, STD), x.float() / 255)
+    pil = Image.fromarray(np.zeros((48, 64, 3), dtype=np.uint8))
+    assert tuple(EvalTransform(32, resize_to=36)(pil).shape) == (3, 32, 32)
+    with pytest.raises(UserError):
+        EvalTransform(32, resize_to=24)
+
+
+def test_base_resize():
+    x = _smooth_images(1, 32)[0]
+    assert BaseResize(_cfg()).size == 32
+    assert torch.equal(BaseResize(_cfg())(x), x)  # already global_size: no-op
+    pil = Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8))
+    out = BaseResize(_cfg(base_size=48))(pil)
+    assert out.dtype == torch.uint8 and tuple(out.shape) == (3, 48, 48)
