@@ -32,3 +32,13 @@ def test_worker_wrapped_error_keeps_only_the_message():
     wrapped = UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
                         "last):\n  File x\ncontainer_ssl.errors.UserError: unreadable image a.jpg: empty file")
     assert one_line(wrapped) == "unreadable image a.jpg: empty file"
+
+
+def test_overrides_may_follow_options(monkeypatch):
+    import container_ssl.ssl.trainer as trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "pretrain", lambda cfg, **kw: seen.update(cfg=cfg, **kw))
+    assert main(["pretrain", "optim.epochs=3", "--no-resume", "seed=5", "--output-dir", "x"]) == 0
+    cfg = seen["cfg"]
+    assert (cfg.optim.epochs, cfg.seed, cfg.output_dir, seen["auto_resume"]) == (3, 5, "x", False)
