@@ -18,7 +18,7 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["save_atomic", "load_checkpoint", "strip_prefixes"]
+__all__ = ["load_checkpoint", "remove_stale_temps", "save_atomic", "strip_prefixes"]
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -41,6 +41,20 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str = "*.pt") -> list[Path]:
+    """Delete the temp files that saves killed mid-write left in ``folder`` (``.<name>.*.tmp``).
+
+    Why: a kill during :func:`save_atomic` leaves its temp file (as large as a checkpoint) behind; a run
+    owns its output folder, so the next start of that run removes them before writing its own.
+    """
+    removed = []
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        if tmp.is_file():
+            _remove_quietly(str(tmp))
+            removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

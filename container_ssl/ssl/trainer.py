@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 
-from ..checkpoint import load_checkpoint, save_atomic
+from ..checkpoint import load_checkpoint, remove_stale_temps, save_atomic
 from ..config import load_config, to_dict, to_yaml
 from ..data import build_dataset
 from ..errors import UserError
@@ -152,8 +152,35 @@ def check_output_dir(path: Path) -> None:
 def pretrain(cfg: DictConfig, resume: Optional[str] = None, auto_resume: bool = True,
              stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     """Run (or continue) DINO pretraining as described by ``cfg``; returns the run summary."""
-    trainer = DinoTrainer(cfg, resume=resume, auto_resume=auto_resume)
-    return trainer.train(stop_requested)
+    try:
+        trainer = DinoTrainer(cfg, resume=resume, auto_resume=auto_resume)
+        return trainer.train(stop_requested)
+    except RuntimeError as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not _peer_failure(e):
+            raise
+        # a dead or unreachable rank: one line naming this rank and how to go on, not a collective's traceback
+        rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+        ckpt = Path(cfg.output_dir) / CHECKPOINT
+        where = f"the last checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was written yet"
+        raise UserError(f"rank {rank} of {world}: lost contact with another rank ({_first_line(e)}); the run "
+                        f"stopped, {where}; start the same command again (all ranks) to resume") from None
+
+
+_PEER_FAILURE_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out",
+                         "timeout", "gloo", "nccl", "processgroup", "c10d", "socket")
+
+
+def _peer_failure(e: BaseException) -> bool:
+    """True for errors of torch.distributed collectives (a peer rank died, hung or became unreachable)."""
+    return isinstance(e, dist.DistError) or any(m in str(e).lower() for m in _PEER_FAILURE_MARKERS)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    if line.startswith("[") and "] " in line:  # drop gloo's "[.../pair.cc:561] " source location
+        line = line.split("] ", 1)[1]
+    return line.split(". ", 1)[0][:160]
 
 
 class DinoTrainer:
@@ -165,6 +192,7 @@ class DinoTrainer:
         self.out = out = Path(cfg.output_dir)
         if info.is_main:
             check_output_dir(out)
+            remove_stale_temps(out)
         torch.manual_seed(cfg.seed + info.rank)
 
         student, teacher = build_models(cfg)
@@ -180,6 +208,10 @@ class DinoTrainer:
         if info.distributed:
             ids = [info.local_rank] if info.device.type == "cuda" else None
             self.student_ddp = DistributedDataParallel(student, device_ids=ids)
+            # DDP has broadcast rank 0's student; each rank's teacher is still a copy of its own (differently
+            # seeded) student. Start every teacher from the shared weights, or the ranks' teachers differ for
+            # the whole run and a resume (which loads rank 0's teacher everywhere) is not exact.
+            self.teacher.load_state_dict(self.student.state_dict())
 
         self.loader, self.sampler, self.gpu_aug = build_loader(cfg, info)
         o, lc = cfg.optim, cfg.loss
@@ -208,11 +240,12 @@ class DinoTrainer:
         if ckpt_path is not None:
             self._resume(ckpt_path)
         self.start_iteration = self.start_epoch * self.iters + self.start_batch
+        self.progress = Progress(self.total_iters, self.start_iteration)
 
         self.metrics = self.tb = None
         if info.is_main:
             (out / "config.yaml").write_text(to_yaml(cfg))
-            purge = self.start_iteration if self.resumed_from else None
+            purge = self.start_iteration  # also 0 for a fresh start: drop lines of a run killed before its first save
             self.metrics = MetricsLog(out / "metrics.jsonl", resume_iteration=purge)
             self.tb = TensorBoard(out / "tb", purge_step=purge)
 
@@ -269,6 +302,9 @@ class DinoTrainer:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         n = views[0].shape[0]
         dino_optim.set_lr_wd(self.optimizer, float(self.lr_sched[it]), float(self.wd_sched[it]))
+        # a skipped step must leave no trace: its forward pass already moved the BatchNorm running statistics
+        # and the loss centre, and one NaN batch would poison them (and every later step) for good
+        buffers = _snapshot_buffers(self.student, self.teacher, self.loss_fn) if cfg.on_nan == "skip-step" else []
 
         with self.autocast():
             with torch.no_grad():
@@ -277,6 +313,7 @@ class DinoTrainer:
         loss = self.loss_fn(student_out.float(), teacher_out.float(), epoch)
 
         if not self._all_finite(loss):
+            _restore_buffers(buffers)
             self._on_non_finite(loss, epoch, it)
             return 0
         self.optimizer.zero_grad(set_to_none=True)
@@ -311,8 +348,8 @@ class DinoTrainer:
         return bool(flag.item() == 1.0)
 
     def _on_non_finite(self, loss: torch.Tensor, epoch: int, it: int) -> None:
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in getattr(self.loss_fn, "last_stats", {}).items()
-                          if isinstance(v, (int, float)))
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in getattr(self.loss_fn, "last_stats", {}).items()
+                          if k != "loss" and (isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)))
         if self.cfg.on_nan == "skip-step":
             self.stats["nan_steps_skipped"] += 1
             self.optimizer.zero_grad(set_to_none=True)
@@ -413,6 +450,16 @@ class DinoTrainer:
         if self.info.is_main:
             (self.out / "summary.json").write_text(json.dumps(out, indent=2))
         return out
+
+
+def _snapshot_buffers(*modules: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+
+
+@torch.no_grad()
+def _restore_buffers(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for buffer, value in saved:
+        buffer.copy_(value)
 
 
 def _periodic(epoch: int, cfg: DictConfig, epochs: int) -> bool:

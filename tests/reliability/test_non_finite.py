@@ -1,0 +1,83 @@
+"""Drill 3: a non-finite loss stops the run with the step, the loss terms and an untouched checkpoint.
+
+Why: a NaN that goes unnoticed turns days of compute into garbage, and one that is noticed must not
+overwrite the last good checkpoint. The NaN comes from one corrupted batch (injected at a chosen step by
+``fault_cli.py``, which also prints the checkpoint's sha256 at that moment) and from an absurd learning
+rate given on the command line. ``--on-nan skip-step`` must skip such a step without a trace: the loss
+centre and the BatchNorm statistics were already moved by its forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from container_ssl.checkpoint import load_checkpoint
+
+from .figures import record, table
+from .helpers import one_line_error, run_cli, sha256, short, temp_files, tiny_args
+
+EXTRA = ["data.subset=64", "optim.epochs=2", "checkpoint_every_steps=1"]  # 4 iterations per epoch, 8 in all
+NAN_AT = 3
+
+
+def _non_finite(ckpt: dict) -> list[str]:
+    tensors = {f"{net}.{k}": v for net in ("student", "teacher") for k, v in ckpt[net].items()}
+    tensors["loss.center"] = ckpt["loss"]["center"]
+    return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+@pytest.mark.reliability
+def test_nan_stops_with_step_terms_and_untouched_checkpoint(cifar10_small, tmp_path):
+    rows = []
+    out = tmp_path / "stop"
+    run = run_cli(tiny_args(cifar10_small, out, *EXTRA), fault=True, CONTAINER_SSL_FAULT_NAN_AT=str(NAN_AT))
+    line = one_line_error(run.stderr, run.returncode)
+    before = re.search(r"checkpoint sha256 (\w+)", run.stdout).group(1)
+    after = sha256(out / "checkpoint.pt")
+    for text in (f"non-finite loss at step {NAN_AT}", "loss=nan", "teacher_entropy=", str(out / "checkpoint.pt"),
+                 "--on-nan skip-step"):
+        assert text in line, f"{text!r} not in {line!r}"
+    assert before == after, "the last good checkpoint changed"
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["iteration"] == NAN_AT - 1 and not _non_finite(ckpt) and not temp_files(out)
+    rows.append((f"NaN batch at step {NAN_AT}", short(line.replace(str(tmp_path), "$TMP"), 170)))
+    same = "identical" if before == after else "CHANGED"
+    rows.append(("", f"checkpoint.pt sha256 before {before[:12]}, after {after[:12]}: {same}"))
+
+    again = run_cli(tiny_args(cifar10_small, out, *EXTRA))  # the data is fine again: resume and finish
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["finished"]
+    rows.append(("", "resume from it (no fault): finished"))
+
+    out = tmp_path / "lr"
+    run = run_cli(tiny_args(cifar10_small, out, *EXTRA, "optim.base_lr=1e30"))
+    line = one_line_error(run.stderr, run.returncode)
+    step = int(re.search(r"non-finite loss at step (\d+)", line).group(1))
+    assert "loss=" in line and "teacher_entropy=" in line and str(out / "checkpoint.pt") in line
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == step - 1
+    rows.append(("optim.base_lr=1e30", short(line.replace(str(tmp_path), "$TMP"), 170)))
+    record("drill 3a: non-finite loss, --on-nan stop (default)", table(("cause", "outcome"), rows))
+
+
+@pytest.mark.reliability
+def test_nan_skip_step_skips_counts_and_finishes_clean(cifar10_small, tmp_path):
+    out = tmp_path / "skip"
+    run = run_cli([*tiny_args(cifar10_small, out, *EXTRA), "--on-nan", "skip-step"], fault=True,
+                  CONTAINER_SSL_FAULT_NAN_AT=str(NAN_AT))
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    bad = _non_finite(ckpt)
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if r["type"] == "train"]
+    record("drill 3b: non-finite loss, --on-nan skip-step",
+           f"NaN batch at step {NAN_AT}: nan_steps_skipped={summary['nan_steps_skipped']}, "
+           f"finished={summary['finished']}, {len(losses)} finite steps logged, "
+           f"non-finite tensors in the final checkpoint: {len(bad)}")
+    assert summary["finished"] and summary["nan_steps_skipped"] == 1
+    assert not bad, f"the skipped step poisoned the run's state: {bad[:5]}"
+    assert len(losses) == 7 and all(torch.isfinite(torch.tensor(losses)))
