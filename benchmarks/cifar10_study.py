@@ -31,8 +31,12 @@ SCALES = {
     "gpu": {"container_light_tiny": "configs/pretrain/cifar10_container_light_tiny_gpu.yaml",
             "deit_tiny": "configs/pretrain/cifar10_deit_tiny_gpu.yaml"},
 }
-FINETUNE = {"cpu": ["--epochs", "10", "--warmup-epochs", "1", "--batch-size", "128"],
+FINETUNE = {"cpu": ["--epochs", "3", "--warmup-epochs", "1", "--batch-size", "128", "--val-freq", "3"],
             "gpu": ["--epochs", "100", "--warmup-epochs", "5", "--batch-size", "256"]}
+
+
+# CPU: the pooled feature (the kNN one, already cached) instead of DINO's last-blocks concatenation
+LINEAR = {"cpu": ["--n-last-blocks", "0"], "gpu": []}
 
 
 def cli(*args: str, log: Path) -> float:
@@ -86,7 +90,7 @@ def main() -> None:
         ckpt = str(run / "checkpoint.pt")
         times["knn_s"] = cli("knn", "--checkpoint", ckpt, log=log)
         times["linear_s"] = cli("linear", "--checkpoint", ckpt, "--cached-features", "--lrs", "0.01", "0.03", "0.1",
-                                "0.3", "1.0", log=log)
+                                "0.3", "1.0", *LINEAR[args.scale], log=log)
         times["finetune_s"] = cli("finetune", "--checkpoint", ckpt, "--label-fraction", "0.1",
                                   *FINETUNE[args.scale], log=log)
         floor = random_init_checkpoint(cfg, args.data, run / "random_init")

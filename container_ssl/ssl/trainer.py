@@ -204,6 +204,9 @@ class DinoTrainer:
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.student = student.to(info.device, memory_format=fmt)
         self.teacher = teacher.to(info.device, memory_format=fmt)
+        if cfg.compile:  # in place: state_dict keys stay those of the eager model
+            self.student.backbone.compile()
+            self.teacher.backbone.compile()
         self.student_ddp: nn.Module = student
         if info.distributed:
             ids = [info.local_rank] if info.device.type == "cuda" else None
