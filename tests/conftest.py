@@ -63,3 +63,18 @@ def cifar10_small(tmp_path_factory) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Archives extracted by the code under test go to a per-session temp cache, not ~/.cache."""
     monkeypatch.setenv("CONTAINER_SSL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests run with one intra-op thread.
+
+    Why: they are many tiny forwards; on a small shared CPU, intra-op threads mostly wait for each other
+    (measured about 6x slower wall time than one thread under load). The count is restored afterwards.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

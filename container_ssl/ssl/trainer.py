@@ -254,13 +254,13 @@ class DinoTrainer:
 
     # ------------------------------------------------------------------------------------------ loop
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-        cfg, it = self.cfg, self.start_iteration
+        cfg, it, stopping = self.cfg, self.start_iteration, False
         max_steps = min(cfg.max_steps or self.total_iters, self.total_iters)
         self.progress = Progress(self.total_iters, it)
         t_start = time.perf_counter()
         try:
             for epoch in range(self.start_epoch, self.epochs):
-                if it >= max_steps:
+                if it >= max_steps or stopping:
                     break
                 first = self.start_batch if epoch == self.start_epoch else 0
                 self.sampler.set_epoch(epoch, first)
@@ -273,6 +273,7 @@ class DinoTrainer:
                         images += self.train_step(views, epoch, it)
                     batch, it = batch + 1, it + 1
                     if it >= max_steps or stop_requested():
+                        stopping = True
                         break
                     if cfg.checkpoint_every_steps and it % cfg.checkpoint_every_steps == 0 and batch < self.iters:
                         self.save(epoch, batch)

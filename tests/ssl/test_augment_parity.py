@@ -58,14 +58,6 @@ def images(cifar10_archive_path: Path) -> torch.Tensor:
     return x
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cfg(**kw) -> AugConfig:
     return AugConfig(global_size=32, local_size=16, n_local=N_LOCAL, **kw)
 

@@ -23,15 +23,6 @@ from container_ssl.ssl.augment_gpu import BaseResize, KorniaMultiCrop
 MEAN, STD = AugConfig().mean, AugConfig().std
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add contention on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cfg(**kw):
     return AugConfig(**{"global_size": 32, "local_size": 16, "n_local": 3, **kw})
 
