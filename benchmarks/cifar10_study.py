@@ -70,6 +70,8 @@ def main() -> None:
     p.add_argument("--runs", default="runs/study")
     p.add_argument("--out", default="")
     p.add_argument("--models", nargs="+", default=list(SCALES["cpu"]))
+    p.add_argument("--floor-for", nargs="*", default=None,
+                   help="models whose random-init kNN is measured too (default: all)")
     p.add_argument("--skip-pretrain", action="store_true", help="evaluate existing run folders only")
     args = p.parse_args()
     out = Path(args.out or ROOT / f"benchmarks/results/cifar10_{args.scale}")
@@ -93,8 +95,9 @@ def main() -> None:
                                 "0.3", "1.0", *LINEAR[args.scale], log=log)
         times["finetune_s"] = cli("finetune", "--checkpoint", ckpt, "--label-fraction", "0.1",
                                   *FINETUNE[args.scale], log=log)
-        floor = random_init_checkpoint(cfg, args.data, run / "random_init")
-        cli("knn", "--checkpoint", str(floor), "--output-dir", str(run / "eval_random"), log=log)
+        if args.floor_for is None or model in args.floor_for:
+            floor = random_init_checkpoint(cfg, args.data, run / "random_init")
+            cli("knn", "--checkpoint", str(floor), "--output-dir", str(run / "eval_random"), log=log)
         result = {"config": cfg, "times": times}
         for name in ("summary.json", "eval/knn.json", "eval/linear.json", "eval/finetune_0.1.json",
                      "eval_random/knn.json"):
@@ -108,7 +111,8 @@ def main() -> None:
         shutil.copy(run / "config.yaml", out / model / "config.yaml")
         study["runs"][model] = result
         knn20 = next(r["top1"] for r in result["eval/knn.json"]["results"] if r["k"] == 20)
-        rand20 = next(r["top1"] for r in result["eval_random/knn.json"]["results"] if r["k"] == 20)
+        rand20 = next((r["top1"] for r in result.get("eval_random/knn.json", {}).get("results", []) if r["k"] == 20),
+                      float("nan"))
         print(f"{model}: pretrain {times.get('pretrain_s', 0) / 60:.1f} min; kNN@20 {knn20:.2f} "
               f"(random init {rand20:.2f}); linear {result['eval/linear.json']['top1']:.2f}; "
               f"finetune 10% {result['eval/finetune_0.1.json']['top1']:.2f}", flush=True)
