@@ -79,7 +79,10 @@ def main() -> None:
     runs = Path(args.runs) / args.scale
     machine = (torch.cuda.get_device_name() if args.scale == "gpu" and torch.cuda.is_available()
                else f"{platform.machine()} CPU, {os.cpu_count()} cores")
-    study = {"command": f"python {' '.join(sys.argv)}", "machine": machine, "data": args.data, "runs": {}}
+    study_file = out / "study.json"
+    study = json.loads(study_file.read_text()) if study_file.is_file() else {"runs": {}}
+    study.update({"machine": machine, "data": args.data})
+    study.setdefault("commands", []).append(f"python {' '.join(sys.argv)}")
     for model in args.models:
         cfg = SCALES[args.scale][model]
         run = runs / model
@@ -116,8 +119,8 @@ def main() -> None:
         print(f"{model}: pretrain {times.get('pretrain_s', 0) / 60:.1f} min; kNN@20 {knn20:.2f} "
               f"(random init {rand20:.2f}); linear {result['eval/linear.json']['top1']:.2f}; "
               f"finetune 10% {result['eval/finetune_0.1.json']['top1']:.2f}", flush=True)
-    cli("report", *[str(out / m) for m in args.models], "--out", str(out / "report"), log=out / "report.log")
-    (out / "study.json").write_text(json.dumps(study, indent=2))
+    study_file.write_text(json.dumps(study, indent=2))
+    cli("report", *[str(out / m) for m in study["runs"]], "--out", str(out / "report"), log=out / "report.log")
     print((out / "report" / "report.md").read_text())
 
 

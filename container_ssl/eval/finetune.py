@@ -6,7 +6,8 @@ baseline) and is trained end to end on a class-balanced label fraction (:mod:`co
 with the DeiT recipe, built from timm parts rather than re-implemented: AdamW through
 ``create_optimizer_v2`` (bias/norm parameters without weight decay, optional layer-wise lr decay via the
 model's ``group_matcher``), a per-iteration cosine schedule with warm-up (``create_scheduler_v2``),
-RandAugment ``rand-m9-mstd0.5-inc1`` + random erasing (``create_transform``, which wraps
+RandAugment ``rand-m9-mstd0.5-inc1`` (DeiT's policy, with the sampled magnitude capped at 9: at 10 its
+increasing posterize asks for 0 bits, which Pillow >= 13 rejects mid-epoch) + random erasing (``create_transform``, which wraps
 ``rand_augment_transform``), Mixup/CutMix (``Mixup`` + ``SoftTargetCrossEntropy``) or label smoothing.
 Accuracy is always measured on the *full* val split.
 
@@ -49,7 +50,7 @@ from .options import (
 )
 from .transforms import eval_transform
 
-DEFAULT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+DEFAULT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1-mmax9"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -70,7 +70,7 @@ def test_finetune_outputs(evaluated):
     report = json.loads((evaluated / "finetune_0.1.json").read_text())
     assert report["label_fraction"] == 0.1 and report["subset_images"] == 30 and report["val_images"] == 100
     assert report["init"] == "ssl" and 0.0 <= report["top1"] <= 100.0 and len(report["history"]) == 2
-    assert report["config"]["mixup"] == 0.8 and report["config"]["aa"] == "rand-m9-mstd0.5-inc1"
+    assert report["config"]["mixup"] == 0.8 and report["config"]["aa"] == "rand-m9-mstd0.5-inc1-mmax9"
     subset = (evaluated / "subset_0.1.txt").read_text().splitlines()
     assert len(subset) == 30 and len({line.split("/")[0] for line in subset}) == 10
     best = load_checkpoint(evaluated / "finetune_0.1_best.pt")
