@@ -62,6 +62,11 @@ def random_init_checkpoint(cfg_path: str, data: str, folder: Path) -> Path:
     return folder / "checkpoint.pt"
 
 
+def _portable(text: str) -> str:
+    """Results are committed: paths inside the checkout's parent become relative ('..', '.')."""
+    return text.replace(str(ROOT) + "/", "").replace(str(ROOT.parent), "..")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
@@ -109,7 +114,7 @@ def main() -> None:
                 result[name] = json.loads(src.read_text())
                 dst = out / model / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(src, dst)
+                dst.write_text(_portable(src.read_text()))
         shutil.copy(run / "metrics.jsonl", out / model / "metrics.jsonl")
         shutil.copy(run / "config.yaml", out / model / "config.yaml")
         study["runs"][model] = result
@@ -119,8 +124,9 @@ def main() -> None:
         print(f"{model}: pretrain {times.get('pretrain_s', 0) / 60:.1f} min; kNN@20 {knn20:.2f} "
               f"(random init {rand20:.2f}); linear {result['eval/linear.json']['top1']:.2f}; "
               f"finetune 10% {result['eval/finetune_0.1.json']['top1']:.2f}", flush=True)
-    study_file.write_text(json.dumps(study, indent=2))
-    cli("report", *[str(out / m) for m in study["runs"]], "--out", str(out / "report"), log=out / "report.log")
+    study_file.write_text(_portable(json.dumps(study, indent=2)))
+    rel = Path(os.path.relpath(out, ROOT))  # the report names its sources: keep them relative to the repo
+    cli("report", *[str(rel / m) for m in study["runs"]], "--out", str(rel / "report"), log=out / "report.log")
     print((out / "report" / "report.md").read_text())
 
 
