@@ -304,14 +304,10 @@ class _Target:
 
 
 def _pretrain_target(args: argparse.Namespace) -> _Target:
-    from ..config import load_config, to_dict
+    from ..config import to_dict
+    from ..ssl.trainer import config_from_args
 
-    overrides = list(args.overrides or [])
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    if args.on_nan:
-        overrides.append(f"on_nan={args.on_nan}")
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args)
     out = Path(cfg.output_dir).expanduser().absolute()
     cfg.output_dir = str(out)  # the job and its requeues write exactly here, whatever their cwd
     notes = []

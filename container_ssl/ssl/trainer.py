@@ -62,13 +62,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="non-finite loss: stop with the step number (default) or skip that step and count it")
 
 
-def run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace) -> DictConfig:
+    """The run's config from the pretrain command line (also used by ``submit`` to validate before submitting)."""
     overrides = list(args.overrides or [])
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     if args.on_nan:
         overrides.append(f"on_nan={args.on_nan}")
-    cfg = load_config(args.config, overrides)
+    return load_config(args.config, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
     pretrain(cfg, resume=args.resume, auto_resume=not args.no_resume)
     return 0
 
