@@ -91,6 +91,8 @@ def main() -> None:
     for model in args.models:
         cfg = SCALES[args.scale][model]
         run = runs / model
+        if not args.skip_pretrain and run.exists():
+            shutil.rmtree(run)  # a fresh run: an old checkpoint there would be resumed, not retrained
         run.mkdir(parents=True, exist_ok=True)
         log = run / "study.log"
         times = {}

@@ -147,6 +147,29 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+# Keys that may differ when a run is resumed: where files live, how fast they load, what is monitored and
+# when it is saved. Everything else shapes the training trajectory, so changing it breaks exact resume.
+RESUME_FREE_KEYS = ("output_dir", "device", "compile", "max_steps", "on_nan", "checkpoint_every_epochs",
+                    "checkpoint_every_steps", "data.path", "data.cache_dir", "data.num_workers",
+                    "data.on_bad_image", "monitor.")
+
+
+def changed_keys(saved: dict[str, Any], current: dict[str, Any],
+                 free: tuple[str, ...] = RESUME_FREE_KEYS) -> list[str]:
+    """Dotted keys whose values differ between two plain config dicts, ignoring ``free`` keys/prefixes."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+
+    a, b = flat(saved), flat(current)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if a.get(k) != b.get(k) and not any(k == f or (f.endswith(".") and k.startswith(f))
+                                                                  for f in free)]
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 
 from ..checkpoint import load_checkpoint, remove_stale_temps, save_atomic
-from ..config import load_config, to_dict, to_yaml
+from ..config import changed_keys, load_config, to_dict, to_yaml
 from ..data import build_dataset
 from ..errors import UserError
 from ..launch.distributed import DistInfo, init_distributed
@@ -394,6 +394,14 @@ class DinoTrainer:
 
     def _resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
+        changed = changed_keys(ckpt.get("config") or {}, to_dict(self.cfg)) if "config" in ckpt else []
+        if changed:
+            saved = ckpt["config"]
+            first = changed[0]
+            old, new = _lookup(saved, first), _lookup(to_dict(self.cfg), first)
+            raise UserError(f"{path} was written by a run with a different config ({first}: {old} -> {new}"
+                            f"{f' and {len(changed) - 1} more key(s)' if len(changed) > 1 else ''}); resuming "
+                            f"would not continue that run: use a new output_dir, or pass --no-resume to start over")
         _restore(ckpt, self.student, self.teacher, self.optimizer, self.scaler, self.loss_fn, self.info, path)
         self.start_epoch, self.start_batch = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
         self.stats.update(ckpt.get("stats", {}))
@@ -459,6 +467,12 @@ class DinoTrainer:
         if self.info.is_main:
             (self.out / "summary.json").write_text(json.dumps(out, indent=2))
         return out
+
+
+def _lookup(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
 
 
 def _snapshot_buffers(*modules: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:

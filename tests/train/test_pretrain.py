@@ -93,3 +93,25 @@ def test_config_errors_name_the_key(tmp_path):
     bad.write_text("model:\n  nmae: deit_tiny\n")
     with pytest.raises(UserError, match=f"model.nmae.*{bad.name}"):
         load_config(bad)
+
+
+def test_resume_with_a_different_config_is_refused(cifar10_small, tmp_path):
+    out = tmp_path / "run"
+    common = ["data.subset=32", "optim.epochs=1", "max_steps=1"]
+    pretrain(tiny_cfg(cifar10_small, out, *common))
+    # loading, monitoring and stopping keys may change; the trajectory's keys may not
+    DinoTrainer(tiny_cfg(cifar10_small, out, *common[:2], "max_steps=2", "data.num_workers=1"))
+    with pytest.raises(UserError) as e:
+        DinoTrainer(tiny_cfg(cifar10_small, out, *common, "optim.batch_size_per_gpu=8", "loss.teacher_temp=0.05"))
+    msg = str(e.value)
+    assert "\n" not in msg and str(out / "checkpoint.pt") in msg
+    assert "loss.teacher_temp: 0.07 -> 0.05 and 1 more key(s)" in msg and "--no-resume" in msg
+    DinoTrainer(tiny_cfg(cifar10_small, out, *common, "optim.batch_size_per_gpu=8"), auto_resume=False)
+
+
+def test_changed_keys_flattens_and_ignores_free_keys():
+    from container_ssl.config import changed_keys
+
+    saved = {"a": 1, "b": {"c": 2, "d": 3}, "monitor": {"k": 1}, "output_dir": "x"}
+    now = {"a": 1, "b": {"c": 5, "e": 4}, "monitor": {"k": 2}, "output_dir": "y"}
+    assert changed_keys(saved, now) == ["b.c", "b.d", "b.e"]
