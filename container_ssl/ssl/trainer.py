@@ -394,6 +394,8 @@ class DinoTrainer:
 
     def _resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
+        _restore(ckpt, self.student, self.teacher, self.optimizer, self.scaler, self.loss_fn, self.info, path)
+        # after the weights: a checkpoint of another architecture gets the more specific shape message
         changed = changed_keys(ckpt.get("config") or {}, to_dict(self.cfg)) if "config" in ckpt else []
         if changed:
             saved = ckpt["config"]
@@ -402,7 +404,6 @@ class DinoTrainer:
             raise UserError(f"{path} was written by a run with a different config ({first}: {old} -> {new}"
                             f"{f' and {len(changed) - 1} more key(s)' if len(changed) > 1 else ''}); resuming "
                             f"would not continue that run: use a new output_dir, or pass --no-resume to start over")
-        _restore(ckpt, self.student, self.teacher, self.optimizer, self.scaler, self.loss_fn, self.info, path)
         self.start_epoch, self.start_batch = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
         self.stats.update(ckpt.get("stats", {}))
         self.resumed_from = path
