@@ -118,7 +118,7 @@ def main() -> None:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.write_text(_portable(src.read_text()))
         shutil.copy(run / "metrics.jsonl", out / model / "metrics.jsonl")
-        shutil.copy(run / "config.yaml", out / model / "config.yaml")
+        (out / model / "config.yaml").write_text(_portable((run / "config.yaml").read_text()))
         study["runs"][model] = result
         knn20 = next(r["top1"] for r in result["eval/knn.json"]["results"] if r["k"] == 20)
         rand20 = next((r["top1"] for r in result.get("eval_random/knn.json", {}).get("results", []) if r["k"] == 20),
