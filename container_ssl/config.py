@@ -155,8 +155,8 @@ RESUME_FREE_KEYS = ("output_dir", "device", "compile", "max_steps", "on_nan", "c
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any],
-                 free: tuple[str, ...] = RESUME_FREE_KEYS) -> list[str]:
-    """Dotted keys whose values differ between two plain config dicts, ignoring ``free`` keys/prefixes."""
+                 free: tuple[str, ...] = RESUME_FREE_KEYS) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, current value) where two plain config dicts differ, ``free`` keys/prefixes aside."""
     def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in d.items():
@@ -164,10 +164,11 @@ def changed_keys(saved: dict[str, Any], current: dict[str, Any],
             out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
         return out
 
+    def is_free(key: str) -> bool:
+        return any(key == f or (f.endswith(".") and key.startswith(f)) for f in free)
+
     a, b = flat(saved), flat(current)
-    keys = sorted(set(a) | set(b))
-    return [k for k in keys if a.get(k) != b.get(k) and not any(k == f or (f.endswith(".") and k.startswith(f))
-                                                                  for f in free)]
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not is_free(k)]
 
 
 def _read_yaml(path: Path) -> dict:

@@ -396,14 +396,13 @@ class DinoTrainer:
         ckpt = load_checkpoint(path)
         _restore(ckpt, self.student, self.teacher, self.optimizer, self.scaler, self.loss_fn, self.info, path)
         # after the weights: a checkpoint of another architecture gets the more specific shape message
-        changed = changed_keys(ckpt.get("config") or {}, to_dict(self.cfg)) if "config" in ckpt else []
+        changed = changed_keys(ckpt["config"], to_dict(self.cfg)) if "config" in ckpt else []
         if changed:
-            saved = ckpt["config"]
-            first = changed[0]
-            old, new = _lookup(saved, first), _lookup(to_dict(self.cfg), first)
-            raise UserError(f"{path} was written by a run with a different config ({first}: {old} -> {new}"
-                            f"{f' and {len(changed) - 1} more key(s)' if len(changed) > 1 else ''}); resuming "
-                            f"would not continue that run: use a new output_dir, or pass --no-resume to start over")
+            key, old, new = changed[0]
+            more = f" and {len(changed) - 1} more key(s)" if len(changed) > 1 else ""
+            raise UserError(f"{path} was written by a run with a different config ({key}: {old} -> {new}{more}); "
+                            f"resuming would not continue that run: use a new output_dir, or pass --no-resume to "
+                            f"start over")
         self.start_epoch, self.start_batch = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
         self.stats.update(ckpt.get("stats", {}))
         self.resumed_from = path
@@ -468,12 +467,6 @@ class DinoTrainer:
         if self.info.is_main:
             (self.out / "summary.json").write_text(json.dumps(out, indent=2))
         return out
-
-
-def _lookup(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
 
 
 def _snapshot_buffers(*modules: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -114,4 +114,4 @@ def test_changed_keys_flattens_and_ignores_free_keys():
 
     saved = {"a": 1, "b": {"c": 2, "d": 3}, "monitor": {"k": 1}, "output_dir": "x"}
     now = {"a": 1, "b": {"c": 5, "e": 4}, "monitor": {"k": 2}, "output_dir": "y"}
-    assert changed_keys(saved, now) == ["b.c", "b.d", "b.e"]
+    assert changed_keys(saved, now) == [("b.c", 2, 5), ("b.d", 3, None), ("b.e", None, 4)]
