@@ -16,7 +16,7 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -128,6 +128,21 @@ def build_loader(cfg: DictConfig, info: DistInfo) -> tuple[DataLoader, Resumable
     return loader, sampler, gpu_aug
 
 
+def cpu_thread_tip(device: torch.device, num_workers: int, env: Mapping[str, str]) -> Optional[str]:
+    """A one-line tip when CPU training shares its cores with loader workers under OpenMP's spin-waiting.
+
+    Why: OpenMP's default (active) wait keeps the training threads spinning between parallel regions, so a
+    loader worker on the same cores is starved and the whole step waits for it. With
+    ``OMP_WAIT_POLICY=PASSIVE`` the waiting threads sleep and the worker runs in their gaps: the quick
+    CIFAR-10 recipe on 2 cores went from ~124 to ~147 images/s. It must be set before Python starts
+    (OpenMP reads it when torch loads), so the trainer can only say so.
+    """
+    if device.type != "cpu" or num_workers <= 0 or "OMP_WAIT_POLICY" in env:
+        return None
+    return ("tip: CPU training with loader workers runs faster with OMP_WAIT_POLICY=PASSIVE set in the "
+            "environment (threads sleep instead of spinning, so the workers get the cores)")
+
+
 def amp_context(cfg: DictConfig, device: torch.device) -> tuple[Callable[[], Any], Optional[torch.amp.GradScaler]]:
     mode = cfg.optim.amp
     if mode == "auto":
@@ -222,6 +237,9 @@ class DinoTrainer:
             self.teacher.load_state_dict(self.student.state_dict())
 
         self.loader, self.sampler, self.gpu_aug = build_loader(cfg, info)
+        tip = cpu_thread_tip(info.device, cfg.data.num_workers, os.environ)
+        if tip and info.is_main:
+            print(tip, flush=True)
         o, lc = cfg.optim, cfg.loss
         self.epochs, self.iters = o.epochs, self.sampler.batches_per_epoch
         self.total_iters = self.epochs * self.iters

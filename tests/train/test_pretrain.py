@@ -115,3 +115,13 @@ def test_changed_keys_flattens_and_ignores_free_keys():
     saved = {"a": 1, "b": {"c": 2, "d": 3}, "monitor": {"k": 1}, "output_dir": "x"}
     now = {"a": 1, "b": {"c": 5, "e": 4}, "monitor": {"k": 2}, "output_dir": "y"}
     assert changed_keys(saved, now) == [("b.c", 2, 5), ("b.d", 3, None), ("b.e", None, 4)]
+
+
+def test_cpu_thread_tip_only_when_workers_share_cpu_cores_with_spinning_threads():
+    from container_ssl.ssl.trainer import cpu_thread_tip
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert "OMP_WAIT_POLICY=PASSIVE" in cpu_thread_tip(cpu, 1, {})
+    assert cpu_thread_tip(cpu, 0, {}) is None  # no workers: nothing competes with the training threads
+    assert cpu_thread_tip(cpu, 2, {"OMP_WAIT_POLICY": "ACTIVE"}) is None  # the user chose
+    assert cpu_thread_tip(cuda, 4, {}) is None
