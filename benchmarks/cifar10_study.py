@@ -35,23 +35,18 @@ FINETUNE = {"cpu": ["--epochs", "3", "--warmup-epochs", "1", "--batch-size", "12
             "gpu": ["--epochs", "100", "--warmup-epochs", "5", "--batch-size", "256"]}
 
 
-# CPU pretraining shares 2 cores between the training threads and a loader worker: OpenMP threads that sleep
-# instead of spinning leave the worker its share (see container_ssl.ssl.trainer.cpu_thread_tip). Only for
-# pretraining: the evaluations have no worker competing, and there spinning is faster.
-PRETRAIN_ENV = {"cpu": {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}, "gpu": None}
-
 # CPU: the pooled feature (the kNN one, already cached) instead of DINO's last-blocks concatenation
 LINEAR = {"cpu": ["--n-last-blocks", "0"], "gpu": []}
 
 
-def cli(*args: str, log: Path, env: dict | None = None) -> float:
+def cli(*args: str, log: Path) -> float:
     """Run one ``container-ssl`` command (no shell), tee its output to ``log``; returns the wall time."""
     t = time.perf_counter()
     with open(log, "a") as f:
         f.write(f"$ container-ssl {' '.join(args)}\n")
         f.flush()
         done = subprocess.run([sys.executable, "-m", "container_ssl", *args], stdout=f, stderr=subprocess.STDOUT,
-                              cwd=ROOT, env=env)
+                              cwd=ROOT)
     if done.returncode:
         sys.exit(f"command failed (see {log}): container-ssl {' '.join(args)}")
     return time.perf_counter() - t
@@ -103,7 +98,7 @@ def main() -> None:
         times = {}
         if not args.skip_pretrain:
             times["pretrain_s"] = cli("pretrain", "--config", cfg, f"data.path={args.data}", f"output_dir={run}",
-                                      log=log, env=PRETRAIN_ENV[args.scale])
+                                      log=log)
         ckpt = str(run / "checkpoint.pt")
         times["knn_s"] = cli("knn", "--checkpoint", ckpt, log=log)
         times["linear_s"] = cli("linear", "--checkpoint", ckpt, "--cached-features", "--lrs", "0.01", "0.03", "0.1",

@@ -121,7 +121,9 @@ def test_cpu_thread_tip_only_when_workers_share_cpu_cores_with_spinning_threads(
     from container_ssl.ssl.trainer import cpu_thread_tip
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert "OMP_WAIT_POLICY=PASSIVE" in cpu_thread_tip(cpu, 1, {})
-    assert cpu_thread_tip(cpu, 0, {}) is None  # no workers: nothing competes with the training threads
-    assert cpu_thread_tip(cpu, 2, {"OMP_WAIT_POLICY": "ACTIVE"}) is None  # the user chose
-    assert cpu_thread_tip(cuda, 4, {}) is None
+    tip = cpu_thread_tip(cpu, "cpu", 1, {})
+    assert "OMP_WAIT_POLICY=PASSIVE" in tip and "aug.backend=gpu" in tip
+    assert cpu_thread_tip(cpu, "cpu", 0, {}) is None  # no workers: nothing competes with the training threads
+    assert cpu_thread_tip(cpu, "gpu", 1, {}) is None  # batched augmentation: the workers only decode
+    assert cpu_thread_tip(cpu, "cpu", 2, {"OMP_WAIT_POLICY": "ACTIVE"}) is None  # the user chose
+    assert cpu_thread_tip(cuda, "cpu", 4, {}) is None
