@@ -9,11 +9,11 @@ crops, student forward on all crops, DINO loss, backward, optimizer step and EMA
   and update_momentum, used as its documentation shows (one forward per view).
 
 Each measurement runs in a fresh subprocess so peak memory is its own. MFU = model FLOPs of one step
-× steps/s ÷ the FLOP/s of a large matmul timed in the same run. Model FLOPs follow the usual MFU convention: forward FLOPs counted by FlopCounterMode (student on all
-crops, teacher on the global crops), with the student's backward taken as twice its forward. (Counting the
-backward with FlopCounterMode instead puts a depthwise convolution's backward at ~4.5x its forward, which pushed Container-Light
-past 100% MFU.) The loss of both implementations on the same inputs and weights is printed to show equal
-correctness.
+x steps/s / the FLOP/s of a large matmul timed in the same run. Model FLOPs follow the usual MFU convention:
+forward FLOPs counted by FlopCounterMode (student on all crops, teacher on the global crops), with the
+student's backward taken as twice its forward. (Counting the backward with FlopCounterMode instead puts a
+depthwise convolution's backward at ~4.5x its forward, which pushed Container-Light past 100% MFU.) The loss
+of both implementations on the same inputs and weights is printed to show equal correctness.
 
     python benchmarks/throughput.py --preset cifar --device cpu               # 32/16 px, 2+2 crops
     python benchmarks/throughput.py --preset imagenet --device cuda --amp bf16 --channels-last

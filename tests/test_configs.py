@@ -30,10 +30,11 @@ def test_config_loads_and_builds(path: Path):
     cfg = load_config(path)
     settings = read_aug_settings(cfg.aug)
     o = cfg.optim
-    assert o.warmup_epochs <= o.epochs and o.batch_size_per_gpu > 0
+    assert o.batch_size_per_gpu > 0
     cosine_schedule(o.base_lr, o.min_lr, o.epochs, 10, warmup_epochs=o.warmup_epochs)  # raises on a bad warm-up
     student, teacher = build_models(cfg)
-    assert sum(p.numel() for p in student.parameters()) == sum(p.numel() for p in teacher.parameters())
+    assert student.backbone.pretrained_cfg["architecture"].startswith(cfg.model.name)  # the model it names
+    assert not any(p.requires_grad for p in teacher.parameters())
     if cfg.model.img_size > 32:
         return  # the 224-px configs: building is the check (a forward would take seconds on a CPU)
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)

@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -129,7 +130,7 @@ def build_loader(cfg: DictConfig, info: DistInfo) -> tuple[DataLoader, Resumable
 
 
 def cpu_thread_tip(device: torch.device, aug_backend: str, num_workers: int,
-                   env: Mapping[str, str]) -> Optional[str]:
+                   env: Mapping[str, str]) -> str | None:
     """A one-line tip when CPU training shares its cores with per-image augmentation in loader workers.
 
     Why: OpenMP's default (active) wait keeps the training threads spinning between parallel regions, so a
