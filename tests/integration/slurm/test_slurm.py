@@ -166,8 +166,10 @@ def test_timeout_requeues_and_resumes_to_identical_weights(straight_run, cifar10
     with capsys.disabled():
         print(f"\nSLURM requeue: {json.dumps(report)}")
     assert results[0]["restart_count"] == 1 and results[0]["attempt"] == 1
-    acct = watch.seen["sacct"]
-    assert "REQUEUED" in acct and acct.count("RUNNING") >= 2 and acct[-1] == "COMPLETED", watch.seen
+    acct, queue = watch.seen["sacct"], watch.seen["squeue"]
+    # states are polled, so one source can miss a short RUNNING spell: seen running twice in either will do
+    ran_twice = max(acct.count("RUNNING"), queue.count("RUNNING")) >= 2
+    assert "REQUEUED" in acct and ran_twice and acct[-1] == "COMPLETED", watch.seen
     log = job.paths.stdout.read_text()
     assert "stopping after the current step" in log and "resumed from" in log
     assert b["iteration"] == 48 and same == {"student": True, "teacher": True}
