@@ -223,7 +223,7 @@ def ours_step(model: str, preset: dict, images: list, args: argparse.Namespace):
     from torch.utils.data import default_collate
 
     from container_ssl.config import load_config
-    from container_ssl.ssl.trainer import DinoTrainer
+    from container_ssl.ssl.trainer import DinoTrainer, build_augmentation
 
     folder = Path(tempfile.mkdtemp(prefix="bench-data-"))
     for i, im in enumerate(images):  # a tiny ImageFolder so the trainer can be built as in a real run
@@ -233,19 +233,13 @@ def ours_step(model: str, preset: dict, images: list, args: argparse.Namespace):
         f"data.path={folder}", f"output_dir={folder / 'run'}", f"aug.backend={args.aug}"])
     trainer = DinoTrainer(cfg, auto_resume=False)
     it = [0]
+    transform, _ = build_augmentation(cfg.aug, torch.device("cpu"))  # the trainer holds the batched part
     if args.aug == "gpu":
-        from container_ssl.ssl.augment_gpu import BaseResize
-
-        base = BaseResize(cfg.aug)
-        batch = torch.stack([base(im) for im in images])
+        batch = default_collate([transform(im) for im in images])  # loader side: a resize only
 
         def make_views():
             return batch  # augmented on the device inside train_step
     else:
-        from container_ssl.ssl.augment import MultiCropTransform
-
-        transform = MultiCropTransform(cfg.aug)
-
         def make_views():
             return default_collate([transform(im) for im in images])
 

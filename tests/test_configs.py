@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from container_ssl.config import load_config
-from container_ssl.ssl.augment import MultiCropTransform, read_aug_settings
-from container_ssl.ssl.augment_gpu import KorniaMultiCrop
+from container_ssl.ssl.augment import read_aug_settings
 from container_ssl.ssl.schedules import cosine_schedule
-from container_ssl.ssl.trainer import build_models
+from container_ssl.ssl.trainer import build_augmentation, build_models, collate_views
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "pretrain").glob("*.yaml"))
 
@@ -37,12 +36,13 @@ def test_config_loads_and_builds(path: Path):
     assert not any(p.requires_grad for p in teacher.parameters())
     if cfg.model.img_size > 32:
         return  # the 224-px configs: building is the check (a forward would take seconds on a CPU)
+    # the trainer's own path: per-image transform, the loader's collate, then the batched back-end if any
+    transform, batched = build_augmentation(cfg.aug, torch.device("cpu"))
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    if cfg.aug.backend == "gpu":
-        views = KorniaMultiCrop(cfg.aug)(images)
-    else:
-        transform = MultiCropTransform(cfg.aug)
-        views = [torch.stack(v) for v in zip(*(transform(x) for x in images))]
+    views, _, skipped = collate_views([(transform(x), 0) for x in images])
+    assert skipped == 0
+    if batched is not None:
+        views = batched(views)
     assert [v.shape[-1] for v in views] == [settings.global_size] * 2 + [settings.local_size] * settings.n_local
     with torch.no_grad():
         out = student(views)

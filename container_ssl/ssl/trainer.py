@@ -106,16 +106,24 @@ def collate_views(batch: list) -> tuple[Any, Any, int]:
     return views, labels, len(batch) - len(kept)
 
 
+def build_augmentation(aug_cfg: Any, device: torch.device) -> tuple[Callable, Optional[nn.Module]]:
+    """(per-image transform run in the loader, batched augmentation run on ``device`` or None).
+
+    The CPU back-end makes every crop per image in the loader workers; the GPU back-end only resizes there
+    and makes all crops of a batch at once on the training device (which may be the CPU).
+    """
+    if aug_cfg.backend == "cpu":
+        from .augment import MultiCropTransform
+        return MultiCropTransform(aug_cfg), None
+    if aug_cfg.backend == "gpu":
+        from .augment_gpu import BaseResize, KorniaMultiCrop
+        return BaseResize(aug_cfg), KorniaMultiCrop(aug_cfg).to(device)
+    raise UserError(f"aug.backend must be 'cpu' or 'gpu', got '{aug_cfg.backend}'")
+
+
 def build_loader(cfg: DictConfig, info: DistInfo) -> tuple[DataLoader, ResumableSampler, Optional[nn.Module]]:
     """Train loader yielding multi-crop views (CPU back-end) or base-size uint8 images (GPU back-end)."""
-    if cfg.aug.backend == "cpu":
-        from .augment import MultiCropTransform
-        transform, gpu_aug = MultiCropTransform(cfg.aug), None
-    elif cfg.aug.backend == "gpu":
-        from .augment_gpu import BaseResize, KorniaMultiCrop
-        transform, gpu_aug = BaseResize(cfg.aug), KorniaMultiCrop(cfg.aug).to(info.device)
-    else:
-        raise UserError(f"aug.backend must be 'cpu' or 'gpu', got '{cfg.aug.backend}'")
+    transform, gpu_aug = build_augmentation(cfg.aug, info.device)
     data = build_dataset(cfg.data.path, cfg.data.train_split, cache_dir=cfg.data.cache_dir,
                          on_bad_image=cfg.data.on_bad_image, limit=cfg.data.subset, seed=cfg.seed)
     views = SeededViews(data, seed=cfg.seed, transform=transform)
