@@ -3,7 +3,9 @@
 Why one entry point: every command takes the same ``data.path`` (a folder with ``train/`` and ``val/``,
 a .tar/.tar.gz of one, or ``cifar10``) so a user points pretraining, kNN, linear and finetune at the same
 data the same way. Bad images are skipped and counted (``on_bad_image=skip``, the default) or stop the
-run with the file's name (``error``); they never crash a run mid-epoch without saying which file.
+run with the file's name (``error``); they never crash a run mid-epoch without saying which file. Files
+the listing leaves out (not images, hidden, symlink loops: see ``listing.py``) are in ``dataset.left_out``,
+which :func:`left_out_record` turns into the JSON that run summaries carry.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
-import torch
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets import ImageFolder
 
 from ..errors import UserError
 from .archives import default_cache_dir, extract_archive, is_archive
 from .images import BadImage, load_rgb
+from .listing import LeftOut, list_images
+from .listing import left_out_record as _record
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +33,30 @@ BAD_IMAGE_POLICIES = ("skip", "error")
 
 
 class SafeImageFolder(ImageFolder):
-    """ImageFolder whose unreadable files become ``None`` (skip) or a :class:`UserError` naming the file."""
+    """ImageFolder whose unreadable files become ``None`` (skip) or a :class:`UserError` naming the file.
 
-    def __init__(self, root: str, transform: Optional[Callable] = None, on_bad_image: str = "skip"):
+    The files are listed by :func:`~container_ssl.data.listing.list_images` (every real folder once, every
+    extension Pillow opens); what it leaves out is kept in ``left_out``.
+    """
+
+    def __init__(self, root: str, transform: Callable | None = None, on_bad_image: str = "skip"):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise UserError(f"data.on_bad_image must be one of {BAD_IMAGE_POLICIES}, got '{on_bad_image}'")
-        _check_class_folders(Path(root))
+        if not Path(root).is_dir():
+            raise UserError(f"image folder not found: {root}")
+        self.left_out: list[LeftOut] = []
         try:
-            super().__init__(root, transform=transform, loader=load_rgb)
+            super().__init__(root, transform=transform, loader=load_rgb, allow_empty=True)
         except FileNotFoundError as e:
             raise UserError(f"no images found under {root} ({e}); point data.path at an ImageFolder tree") from None
+        _check_classes(Path(root), self.classes, self.targets, self.left_out)
         self.on_bad_image = on_bad_image
+
+    def make_dataset(self, directory: Any, class_to_idx: dict[str, int], extensions: Any = None,  # type: ignore[override]
+                     is_valid_file: Any = None, allow_empty: bool = False) -> list[tuple[str, int]]:
+        """torchvision's hook for listing files: ours walks each real folder once and records what it skips."""
+        samples, self.left_out = list_images(Path(directory), class_to_idx)
+        return samples
 
     def __getitem__(self, index: int) -> Any:
         path, target = self.samples[index]
@@ -57,7 +75,7 @@ class SafeImageFolder(ImageFolder):
 class TorchvisionCIFAR10(Dataset):
     """torchvision's CIFAR-10 (downloaded once) with the ImageFolder attributes the pipeline uses."""
 
-    def __init__(self, root: Path, train: bool, transform: Optional[Callable] = None):
+    def __init__(self, root: Path, train: bool, transform: Callable | None = None):
         from torchvision.datasets import CIFAR10
 
         try:
@@ -72,6 +90,7 @@ class TorchvisionCIFAR10(Dataset):
         split = "train" if train else "val"
         self.samples = [(f"{split}/{i:05d}", t) for i, t in enumerate(self.targets)]
         self.root = str(root)
+        self.left_out: list[LeftOut] = []
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -105,7 +124,7 @@ def resolve_root(path: str, cache_dir: str = "") -> Path:
             return root
 
 
-def build_dataset(path: str, split: str, transform: Optional[Callable] = None, cache_dir: str = "",
+def build_dataset(path: str, split: str, transform: Callable | None = None, cache_dir: str = "",
                   on_bad_image: str = "skip", limit: int = 0, seed: int = 0) -> Dataset:
     """An ImageFolder-like dataset (``classes``, ``targets``, ``samples``) for ``split`` of ``path``.
 
@@ -125,6 +144,11 @@ def build_dataset(path: str, split: str, transform: Optional[Callable] = None, c
     if limit and limit < len(ds.targets):
         _keep_subset(ds, limit, seed)
     return ds
+
+
+def left_out_record(dataset: Any) -> dict:
+    """What the listing of ``dataset`` left out, as JSON: ``{"count", "by_reason", "files"}``."""
+    return _record(getattr(dataset, "left_out", []))
 
 
 def skip_bad_collate(batch: list) -> Any:
@@ -156,10 +180,12 @@ def _looks_like_split(root: Path) -> bool:
     return any((root / s).is_dir() for s in ("train", "val", "test"))
 
 
-def _check_class_folders(root: Path) -> None:
-    if not root.is_dir():
-        raise UserError(f"image folder not found: {root}")
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.is_dir() and not entry.name.startswith("."):
-            if not any(f.is_file() for f in os.scandir(entry.path)):
-                raise UserError(f"class folder {entry.path} is empty; add its images or remove the folder")
+def _check_classes(root: Path, classes: list[str], targets: list[int], left_out: list[LeftOut]) -> None:
+    """A class folder without a single image is a mistake (a wrong path, a failed copy): say which one."""
+    counts = Counter(targets)
+    for index, name in enumerate(classes):
+        if counts[index] == 0 and not name.startswith("."):
+            folder = root / name
+            inside = [item.reason for item in left_out if item.path.startswith(f"{folder}{os.sep}")]
+            why = f" ({len(inside)} file(s) left out: {Counter(inside).most_common(1)[0][0]}…)" if inside else ""
+            raise UserError(f"class folder {folder} is empty{why}; add its images or remove the folder")

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from ..checkpoint import load_checkpoint, remove_stale_temps, save_atomic
 from ..config import changed_keys, load_config, to_dict, to_yaml
-from ..data import build_dataset
+from ..data import build_dataset, left_out_record
 from ..errors import UserError
 from ..launch.distributed import DistInfo, init_distributed
 from ..models import DINOHead, create_backbone
@@ -492,6 +492,8 @@ class DinoTrainer:
             "world_size": self.info.world_size, "skipped_images": self.stats["skipped_images"],
             "nan_steps_skipped": self.stats["nan_steps_skipped"],
         }
+        # files the dataset listing left out (not images, symlink loops…), with reasons: data/listing.py
+        out["left_out_files"] = left_out_record(self.loader.dataset.dataset)
         if self.info.is_main:
             (self.out / "summary.json").write_text(json.dumps(out, indent=2))
         return out

@@ -68,7 +68,7 @@ def _bad_files(root: Path) -> list[Path]:
 def test_bad_files_are_skipped_and_counted(tmp_path):
     _bad_files(tmp_path)
     ds = build_dataset(str(tmp_path), "train", transform=pil_to_tensor)
-    views, labels, skipped = collate_views([ds[i] for i in range(len(ds))])
+    _views, labels, skipped = collate_views([ds[i] for i in range(len(ds))])
     assert skipped == 3 and len(labels) == 1
 
 
