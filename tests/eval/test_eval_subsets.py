@@ -62,3 +62,30 @@ def test_subset_file_names_missing_images(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(UserError, match="lists no images"):
         read_subset_file(tmp_path / "empty.txt", SAMPLES)
+
+
+ODD_NAMES = ["two\nlines.jpg", " lead.jpg", "trail.jpg ", "#hash.jpg", '"quoted".jpg', "back\\slash.jpg",
+             "tab\there.jpg", "sep\u2028ara.jpg", "cr\r.jpg", "caf\u00e9.jpg", "\udcffnot-utf8.jpg"]
+
+
+def test_subset_file_round_trips_any_file_name(tmp_path):
+    samples = [(f"/data/train/c{i % 2}/{name}", i % 2) for i, name in enumerate(ODD_NAMES)]
+    samples += [(f"/data/train/c0/plain_{i}.jpg", 0) for i in range(3)]
+    chosen = [i for i in range(len(samples)) if i != len(ODD_NAMES)]
+    path = write_subset_file(tmp_path / "subset_odd.txt", samples, chosen)
+    assert read_subset_file(path, samples) == chosen
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert len(lines) == len(chosen) + 1 and lines[-1] == ""  # one line per name, however odd
+    assert "c1/caf\u00e9.jpg" in lines and "c0/plain_1.jpg" in lines  # ordinary names stay plain lines
+    assert '"c0/two\\nlines.jpg"' in lines
+
+
+def test_subset_file_with_a_broken_quoted_line_is_one_line_error(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_text('c0/img_0001.jpg\n"c0/img_0002.jpg\n')
+    with pytest.raises(UserError, match=r"list.txt line 2 starts with a quote but is not one JSON string"):
+        read_subset_file(path, SAMPLES)
+    path.write_text('"c0/nope\\nx.jpg"\n')
+    with pytest.raises(UserError, match=r'not in the dataset: "c0/nope\\nx.jpg";') as e:
+        read_subset_file(path, SAMPLES)
+    assert "\n" not in str(e.value)
