@@ -2,8 +2,9 @@
 
 Why a cache: the backbone forward pass dominates every frozen evaluation. kNN at several ``k`` or
 temperatures and a linear probe trained on fixed features all read the same tensors, so they are stored
-once per (weights, checkpoint key, dataset split + transform + architecture, feature kind) and reused.
-A cache file whose name or contents do not match is simply recomputed, never trusted.
+once per (weights, checkpoint key, architecture, feature kind, transform, identity of every image file:
+see ``feature_key.py``) and reused. A cache file whose name or contents do not match is simply
+recomputed, never trusted.
 
 Which features (``n_last_blocks``):
 
@@ -18,13 +19,10 @@ Which features (``n_last_blocks``):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -34,6 +32,7 @@ from tqdm import tqdm
 from ..checkpoint import load_checkpoint, save_atomic
 from ..errors import UserError
 from .backbone import load_backbone
+from .feature_key import dataset_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -134,42 +133,38 @@ def extract_features(model: nn.Module, dataset: Dataset, batch_size: int = 256,
     return torch.cat(feats), torch.cat(labels)
 
 
-def dataset_fingerprint(dataset: Any, extra: dict | None = None) -> str:
-    """12 hex digits naming a dataset split as evaluated: its files (relative to its root), labels, transform."""
-    digest = hashlib.sha256()
-    root = str(getattr(dataset, "root", ""))
-    for path, label in getattr(dataset, "samples", []):
-        rel = os.path.relpath(path, root) if root and os.path.isabs(path) else path
-        digest.update(f"{rel}\t{label}\n".encode())
-    digest.update(f"n={len(dataset)}|classes={list(getattr(dataset, 'classes', []))}".encode())
-    digest.update(_describe(getattr(dataset, "transform", None)).encode())
-    digest.update(json.dumps(extra or {}, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:12]
-
-
 def cached_features(model: nn.Module, info: dict, dataset: Dataset, cache_dir: str | os.PathLike | None,
                     batch_size: int = 256, device: torch.device | str = "cpu", num_workers: int = 4,
                     use_amp: bool = True, n_last_blocks: int = 0, avgpool: bool = False,
                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`extract_features`, stored as ``<cache_dir>/<sha256[:12]>_<key>_<dataset hash>_<kind>.pt``.
+    """:func:`extract_features`, stored as ``<cache_dir>/<sha256[:12]>_<key>_<fingerprint[:16]>_<kind>.pt``.
 
     ``info`` is :func:`load_backbone`'s second return value. An empty ``cache_dir`` disables the cache.
-    The architecture spec is part of the dataset hash, since a plain state_dict could be evaluated as
-    two different ``--model``/``--img-size`` settings with the same file hash.
+    The fingerprint (:mod:`.feature_key`) covers the files' identity, the transform, the architecture
+    spec (a plain state_dict could be evaluated as two ``--model``/``--img-size`` settings with the same
+    file hash), the feature kind and the precision; the whole of it is stored in the file and checked on
+    reading, so a cache file is used only for exactly the inputs it was computed from.
     """
     kwargs = {"batch_size": batch_size, "device": device, "num_workers": num_workers, "use_amp": use_amp,
               "n_last_blocks": n_last_blocks, "avgpool": avgpool, "desc": desc}
     if not cache_dir:
         return extract_features(model, dataset, **kwargs)
+    folder = Path(cache_dir)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--feature-cache {folder} is a file, not a folder; give a folder for the cached "
+                        "features (it is created if missing) or use --no-feature-cache")
     kind = feature_kind(n_last_blocks, avgpool)
     spec = {k: info.get(k) for k in ("model", "img_size", "patch_size", "format")}
     key = info.get("checkpoint_key") or info.get("format") or "weights"
-    name = f"{info['sha256'][:12]}_{key}_{dataset_fingerprint(dataset, spec)}_{kind}.pt"
-    path = Path(cache_dir) / name
+    bf16 = bool(use_amp) and torch.device(device).type == "cuda"
+    fingerprint = dataset_fingerprint(dataset, {**spec, "sha256": info["sha256"], "key": key, "kind": kind,
+                                                "bf16": bf16})
+    path = folder / f"{info['sha256'][:12]}_{key}_{fingerprint[:16]}_{kind}.pt"
     meta = {"checkpoint": info.get("checkpoint"), "sha256": info["sha256"], "key": key, "kind": kind,
-            "n_listed": len(dataset), **spec}
+            "fingerprint": fingerprint, "n_listed": len(dataset), "data_root": str(getattr(dataset, "root", "")),
+            **spec}
     if path.is_file():
-        cached = _read_cache(path, meta["sha256"])
+        cached = _read_cache(path, meta)
         if cached is not None:
             log.info("features from cache %s", path)
             return cached
@@ -179,23 +174,15 @@ def cached_features(model: nn.Module, info: dict, dataset: Dataset, cache_dir: s
     return feats, labels
 
 
-def _read_cache(path: Path, sha256: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The cached (features, labels), or None when the file is damaged or belongs to other weights."""
+def _read_cache(path: Path, meta: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached (features, labels), or None when the file is damaged or was computed from other inputs."""
     try:
         blob = load_checkpoint(path)
         feats, labels = blob["features"], blob["labels"]
-        if blob.get("meta", {}).get("sha256") != sha256 or feats.shape[0] != labels.shape[0]:
+        stored = blob.get("meta", {})
+        if any(stored.get(k) != meta[k] for k in ("sha256", "fingerprint")) or feats.shape[0] != labels.shape[0]:
             return None
         return feats.float(), labels.long()
     except Exception as e:  # noqa: BLE001  (a cache that cannot be read for any reason is recomputed)
         log.debug("unreadable feature cache %s: %r", path, e)
         return None
-
-
-def _describe(obj: Any) -> str:
-    """A repr without memory addresses (objects without their own repr are described by their fields)."""
-    text = repr(obj)
-    if " at 0x" in text and hasattr(obj, "__dict__"):
-        fields = sorted((k, _describe(v)) for k, v in vars(obj).items())
-        text = f"{type(obj).__qualname__}{fields}"
-    return text
