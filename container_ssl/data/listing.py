@@ -71,9 +71,8 @@ def list_images(split_dir: Path, class_to_idx: Mapping[str, int]) -> tuple[list[
     walker.found.sort()
     samples = [(os.path.join(folder, name), label) for label, folder, name in walker.found]
     if walker.left_out:
-        counts = Counter(item.reason for item in walker.left_out)
         log.warning("left out %d file(s)/folder(s) under %s: %s", len(walker.left_out), split_dir,
-                    "; ".join(f"{n} {reason}" for reason, n in counts.most_common()))
+                    _summary(walker.left_out, split_dir))
     return samples, walker.left_out
 
 
@@ -135,6 +134,18 @@ class _Walker:
             self.left_out.append(LeftOut(entry.path, f"not an image type Pillow reads ({suffix or 'no extension'})"))
         else:
             self.found.append((label, folder, entry.name))
+
+
+def _summary(left_out: list[LeftOut], root: Path, examples: int = 3) -> str:
+    """``"2 <reason> (a/x, b/y); 1 <reason> (c/z)"``: counts per reason with a few names each."""
+    by_reason: dict[str, list[str]] = {}
+    for item in left_out:
+        by_reason.setdefault(item.reason, []).append(os.path.relpath(item.path, root))
+    parts = []
+    for reason, names in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(names[:examples]) + (", …" if len(names) > examples else "")
+        parts.append(f"{len(names)} {reason} ({shown})")
+    return "; ".join(parts)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:

@@ -9,16 +9,20 @@ in-process (same code path, seconds instead of a start-up each).
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from container_ssl.cli import main as cli_main
 from container_ssl.config import load_config
+from container_ssl.data import build_dataset
 from container_ssl.data.images import BadImage, load_rgb
+from container_ssl.data.subsets import read_subset_file, write_subset_file
 from container_ssl.ssl.trainer import DinoTrainer
 from tests.train.test_pretrain import TINY
 
@@ -49,6 +53,13 @@ def _write_bad_dataset(cifar: Path, root: Path) -> dict[str, Path]:
     palette = rgb.convert("P")
     palette.info["transparency"] = 0
     palette.save(odd["palette + transparency (P)"], transparency=0)
+    gray = np.asarray(rgb.convert("L"))
+    deep = {"16-bit grayscale PNG (I;16)": (a / "deep16.png", (gray.astype(np.uint16) * 257)),
+            "float TIFF in [0, 1] (F)": (b / "float.tiff", gray.astype(np.float32) / 255),
+            "GIF (palette)": (b / "anim.gif", None)}
+    for kind, (path, pixels) in deep.items():
+        (rgb.convert("P") if pixels is None else Image.fromarray(pixels)).save(path)
+        odd[kind] = path
     noise = random.Random(0)
     bad = {"corrupt JPEG (truncated)": a / "truncated.jpg", "corrupt JPEG (garbage body)": b / "garbled.jpg",
            "0-byte file": a / "empty.jpg", "non-image with .jpg name": b / "notes.jpg"}
@@ -56,7 +67,15 @@ def _write_bad_dataset(cifar: Path, root: Path) -> dict[str, Path]:
     bad["corrupt JPEG (garbage body)"].write_bytes(jpeg[:300] + bytes(noise.randrange(256) for _ in range(600)))
     bad["0-byte file"].write_bytes(b"")
     bad["non-image with .jpg name"].write_text("label,notes\nnot an image\n")
-    return {"odd": odd, "bad": bad}  # type: ignore[return-value]
+    hdr = b / "radiance.tiff"
+    Image.fromarray(gray.astype(np.float32) * 4.0).save(hdr)  # values up to ~1000: no agreed 8-bit scale
+    bad["float TIFF outside [0, 1]"] = hdr
+    left_out = {"text file (.txt) in a class folder": a / "labels.txt", "symlink loop (loop -> ..)": a / "loop",
+                "symlink to a sibling class folder": a / "cars"}
+    left_out["text file (.txt) in a class folder"].write_text("airplane\n")
+    os.symlink("..", left_out["symlink loop (loop -> ..)"])
+    os.symlink("../automobile", left_out["symlink to a sibling class folder"])
+    return {"odd": odd, "bad": bad, "left_out": left_out, "gray": gray}  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +106,17 @@ def test_unreadable_images_are_skipped_and_counted_or_named(bad_data, tmp_path):
     for kind, path in files["odd"].items():  # converted, never rejected
         img = load_rgb(str(path))
         assert img.mode == "RGB" and img.size == (32, 32)
-        rows.append((kind, path.name, f"converted to RGB (was {Image.open(path).mode})"))
+        outcome = f"converted to RGB (was {Image.open(path).mode})"
+        if path.suffix in (".png", ".tiff") and Image.open(path).mode != "RGBA" and kind != "palette + transparency (P)":
+            assert np.array_equal(np.asarray(img)[..., 0], files["gray"]), kind  # scaled back to the 8-bit source
+            outcome += ", equal to the 8-bit source"
+        rows.append((kind, path.name, outcome))
     for kind, path in files["bad"].items():
         with pytest.raises(BadImage, match=path.name):
             load_rgb(str(path))
+
+    listed = 2 * GOOD_PER_CLASS + len(files["odd"]) + len(files["bad"])
+    assert len(build_dataset(str(root), "train")) == listed  # each image once, the loop and the link notwithstanding
 
     # a real pretraining run with a DataLoader worker: every bad file skipped and counted, run finishes
     out = tmp_path / "skip"
@@ -101,7 +127,15 @@ def test_unreadable_images_are_skipped_and_counted_or_named(bad_data, tmp_path):
     for kind, path in files["bad"].items():
         assert path.name in run.stderr, f"skip of {path.name} not logged"
         rows.append((kind, path.name, "skipped, logged, counted"))
-    rows.append(("all of the above, one epoch", "", f"finished; summary.json skipped_images={summary['skipped_images']}"))
+    left = {Path(f["path"]).name: f["reason"] for f in summary["left_out_files"]["files"]}
+    for kind, path in files["left_out"].items():
+        assert path.name in left, f"{path.name} not in summary.json left_out_files"
+        assert path.name in run.stderr, f"{path.name} not logged"  # the listing names it
+        rows.append((kind, path.name, f"left out, logged, in summary.json: {short(left[path.name], 70)}"))
+    assert summary["left_out_files"]["count"] == len(files["left_out"])
+    outcome = (f"finished; {listed} images listed once each; summary.json skipped_images="
+               f"{summary['skipped_images']}, left_out_files.count={summary['left_out_files']['count']}")
+    rows.append(("all of the above, one epoch", "", outcome))
 
     # the same data with data.on_bad_image=error: one line naming the file, from inside a worker
     run = run_cli(tiny_args(root, tmp_path / "error", "optim.epochs=1", "data.num_workers=1",
@@ -159,3 +193,74 @@ def test_bad_paths_config_and_checkpoints_give_one_line(cifar10_small, tmp_path,
          [*knn, str(deit), "--model", "container_light_nano"], str(deit), "does not fit", "--model")
     assert not (tmp_path / "out" / "checkpoint.pt").exists(), "a refused resume wrote a checkpoint"
     record("drill 2b: bad paths, config and checkpoints", table(("input", "command", "outcome"), rows))
+
+
+def _bmp_tree(cifar: Path, root: Path, swap_val: bool = False) -> Path:
+    """2 classes of CIFAR-10 as BMPs (a BMP's size depends only on its dimensions); ``swap_val`` puts each
+    val image of one class under the names of the other: same layout, sizes and names, other pixels."""
+    classes = ("airplane", "automobile")
+    for split, n in (("train", 20), ("val", 10)):
+        files = {c: sorted((cifar / split / c).iterdir())[:n] for c in classes}
+        for i, cls in enumerate(classes):
+            source = classes[1 - i] if swap_val and split == "val" else cls
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for k, f in enumerate(files[source]):
+                Image.open(f).convert("RGB").save(root / split / cls / f"{k:03d}.bmp")
+    return root
+
+
+def _same_times(src: Path, dst: Path) -> None:
+    for f in src.rglob("*.bmp"):
+        st = f.stat()
+        os.utime(dst / f.relative_to(src), ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.reliability
+def test_feature_cache_never_returns_features_of_other_images(cifar10_small, tmp_path, capfd):
+    good = _checkpoint(cifar10_small, tmp_path / "ck")
+    a = _bmp_tree(cifar10_small, tmp_path / "a")
+    b = _bmp_tree(cifar10_small, tmp_path / "b", swap_val=True)
+    _same_times(a, b)
+    cache = tmp_path / "cache"
+
+    def knn(data: Path, *extra: str) -> float:
+        out = tmp_path / "out"
+        argv = ["knn", "--checkpoint", str(good), "--data", str(data), "--num-workers", "0", "--k", "5",
+                "--device", "cpu", "--output-dir", str(out), *extra]
+        status, err = _cli(argv, capfd)
+        assert status == 0, err
+        return json.loads((out / "knn.json").read_text())["results"][0]["top1"]
+
+    rows = []
+    first = knn(a, "--feature-cache", str(cache))
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.pt")}
+    again = knn(a, "--feature-cache", str(cache))
+    assert again == first and {p: p.stat().st_mtime_ns for p in cache.glob("*.pt")} == stamps  # hit: not rewritten
+    rows.append(("unchanged data, second run", f"cache hit, top-1 {again:.1f} = first run {first:.1f}"))
+
+    other, fresh = knn(b, "--feature-cache", str(cache)), knn(b, "--no-feature-cache")
+    assert other == fresh and other != first
+    rows.append(("other data, same names, sizes and mtimes",
+                 f"recomputed: top-1 {other:.1f} = fresh {fresh:.1f} (not the cached {first:.1f})"))
+
+    for f in sorted((a / "val" / "airplane").iterdir()):  # rewritten in place; size and mtime put back
+        st = f.stat()
+        f.write_bytes((b / "val" / "airplane" / f.name).read_bytes())
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rewritten, fresh = knn(a, "--feature-cache", str(cache)), knn(a, "--no-feature-cache")
+    assert rewritten == fresh and rewritten != first
+    rows.append(("val images rewritten in place (same size, mtime)",
+                 f"recomputed: top-1 {rewritten:.1f} = fresh {fresh:.1f} (not the cached {first:.1f})"))
+
+    not_a_folder = tmp_path / "features.pt"
+    not_a_folder.write_bytes(b"x")
+    argv = ["knn", "--checkpoint", str(good), "--data", str(a), "--num-workers", "0", "--output-dir",
+            str(tmp_path / "out"), "--feature-cache", str(not_a_folder)]
+    line = _expect_error(argv, capfd, "--feature-cache", str(not_a_folder), "not a folder")
+    rows.append(("--feature-cache names a file", short(line.replace(str(tmp_path), "$TMP"), 110)))
+
+    names = [(str(a / "val" / "airplane" / "two\nlines.bmp"), 0), (str(a / "val" / "automobile" / " x.bmp"), 1)]
+    subset = write_subset_file(tmp_path / "subset_odd.txt", names, [0, 1])
+    assert read_subset_file(subset, names) == [0, 1] and len(subset.read_text().split("\n")) == 3
+    rows.append(("subset_*.txt, a file name with a newline", "round trip exact (the name is a JSON-string line)"))
+    record("drill 2c: feature cache and subset files", table(("input", "outcome"), rows))
