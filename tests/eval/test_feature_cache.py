@@ -154,3 +154,21 @@ def test_feature_cache_that_is_a_file_is_one_line_naming_the_option(backbone, tm
     with pytest.raises(UserError, match=r"^--feature-cache .*features.pt is a file, not a folder") as e:
         cached_features(model, info, _ds(_tree(tmp_path / "data", 0)), not_a_folder, **RUN)
     assert "\n" not in str(e.value)
+
+
+def test_torchvision_cifar10_is_keyed_by_its_pixels():
+    from types import SimpleNamespace
+
+    from container_ssl.data.datasets import TorchvisionCIFAR10
+
+    def fake(data: np.ndarray) -> TorchvisionCIFAR10:  # the attributes __init__ sets, without a download
+        ds = TorchvisionCIFAR10.__new__(TorchvisionCIFAR10)
+        ds._ds, ds.targets, ds.classes, ds.transform = SimpleNamespace(data=data), [0, 1], ["a", "b"], None
+        ds.samples = [("val/00000", 0), ("val/00001", 1)]
+        return ds
+
+    pixels = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    key = dataset_fingerprint(fake(pixels))
+    assert dataset_fingerprint(fake(pixels.copy())) == key
+    pixels[1, 5, 5, 0] = 1
+    assert dataset_fingerprint(fake(pixels)) != key
