@@ -8,9 +8,9 @@ place. The key now covers:
 * the weights and how the backbone was built (passed in as ``extra`` by the cache);
 * the transform, described field by field (size, resize, crop, interpolation, mean/std…);
 * every file: relative name, label, size and modification time in nanoseconds, and a sha256 of its
-  bytes when the files total at most :data:`CONTENT_DIGEST_MAX_BYTES` (measured by
-  ``benchmarks/feature_key_bench.py``: a second or two per 55k CIFAR-10 files; reading ImageNet in full
-  would cost a large part of the extraction the cache saves). Above that, the key adds the files'
+  bytes when the files total at most :data:`CONTENT_DIGEST_MAX_BYTES` (``benchmarks/feature_key_bench.py``:
+  7 s warm, 29 s cold for the 55k CIFAR-10 files on a loaded 2-core machine, 3-12% of merely decoding
+  them; reading ImageNet in full on every hit would cost far more). Above that, the key adds the files'
   ``st_ctime_ns`` and ``(st_dev, st_ino)`` instead: a rewrite in place changes ``ctime`` even when the
   size and ``mtime`` are put back, so only a copy of the data under another name costs a recomputation;
 * datasets that are not files on disk: their own ``content_digest()`` (torchvision's CIFAR-10 arrays),
