@@ -19,7 +19,7 @@ from container_ssl.launch import submit
 
 CPU = ["device=cpu", "model.name=container_light_nano", "data.num_workers=0"]
 # a newline ends the #SBATCH comment: what follows would run as shell on the cluster
-PAYLOAD = "x\n#SBATCH --wrap=id\ntouch /tmp/pwned-by-container-ssl"
+PAYLOAD = "x\n#SBATCH --wrap=id\ntouch /tmp/pwned-by-container-ssl #"  # the "#" hides the closing quote
 
 
 @pytest.fixture
