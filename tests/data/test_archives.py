@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from container_ssl.data import archives, untar
+from container_ssl.data import archives
 from container_ssl.data.archives import extract_archive
 from container_ssl.data.untar import MAX_BYTES_ENV, MAX_MEMBERS_ENV, Limits
 from container_ssl.errors import UserError
@@ -303,22 +303,24 @@ def test_no_temp_folder_stays_after_a_truncated_or_corrupt_archive(sandbox, cont
     assert not list((cache / "extracted").iterdir())
 
 
-def test_no_temp_folder_stays_after_ctrl_c(sandbox, monkeypatch):
+@pytest.mark.parametrize("moment", ["before the first file", "after the first file"])
+def test_no_temp_folder_stays_after_ctrl_c(sandbox, monkeypatch, moment):
     root, cache = sandbox
     archive = make_tar(archive_path(root, "three.tar"), _three_files)
-    real = untar.shutil.copyfileobj
-    calls = []
+    real = tarfile.TarFile.next
 
-    def interrupted(src, dst, length=0):
-        calls.append(1)
-        if len(calls) == 2:
+    def interrupted(self):
+        """Ctrl-C at the next tar header read once the extraction has reached ``moment``."""
+        temps = list((cache / "extracted").glob(".extract-*")) if (cache / "extracted").is_dir() else []
+        written = [p for t in temps for p in t.rglob("*.jpg")]
+        if temps and (written or moment == "before the first file"):
             raise KeyboardInterrupt
-        return real(src, dst, length)
+        return real(self)
 
-    monkeypatch.setattr(untar.shutil, "copyfileobj", interrupted)
+    monkeypatch.setattr(tarfile.TarFile, "next", interrupted)
     with pytest.raises(KeyboardInterrupt):
         extract_archive(archive, cache)
-    assert len(calls) == 2 and not list((cache / "extracted").iterdir())
+    assert not list((cache / "extracted").iterdir())
 
 
 def test_a_temp_folder_of_a_killed_extraction_is_removed(tmp_path):
