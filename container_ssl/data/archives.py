@@ -3,8 +3,10 @@
 Why: datasets often travel as one archive (the shared CIFAR-10 JPEGs, ImageNet shards). Extracting on
 every run wastes minutes, so the extraction is keyed by the archive's content hash and reused. The hash
 of a large archive is itself remembered per (path, size, mtime) so a second run does not re-read it.
-Extraction goes to a temp folder renamed into place, so a killed run never leaves a half-extracted cache,
-and uses tarfile's ``data`` filter so an archive cannot write outside its folder.
+Extraction goes to a temp folder renamed into place, so a killed run never leaves a half-extracted cache;
+the temp folder is removed on any error (Ctrl-C included), and one left by a killed process on this host
+is removed by the next extraction. The archive is untrusted: :mod:`.untar` writes only folders and
+regular files inside the temp folder, within size and member-count limits.
 """
 
 from __future__ import annotations
@@ -13,16 +15,23 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 from ..errors import UserError
+from .untar import Limits, extract_tar
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# extractions made before members were vetted one by one (tarfile's filter alone) are not reused
+LAYOUT = "v2"
+_TEMP = re.compile(r"^\.extract-(\d+)@(.+)-[a-z0-9_]+$")  # .extract-PID@HOST-RANDOM, see _temp_prefix
 
 
 def is_archive(path: str | os.PathLike) -> bool:
@@ -74,23 +83,53 @@ def extract_archive(path: str | os.PathLike, cache_dir: str | os.PathLike | None
     if not tarfile.is_tarfile(path):
         raise UserError(f"data archive {path} is not a tar archive; give an ImageFolder directory "
                         "or a .tar/.tar.gz of one")
-    target = cache / "extracted" / content_hash(path, cache)[:16]
+    target = cache / "extracted" / f"{LAYOUT}-{content_hash(path, cache)[:16]}"
     if (target / ".complete").is_file():
         return target
+    limits = Limits.from_env()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    _remove_stale_temps(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(), dir=target.parent))
     log.info("extracting %s to %s (once)", path, target)
     try:
-        with tarfile.open(path) as tar:
-            tar.extractall(tmp, filter="data")
-        (tmp / ".complete").write_text(str(path))
-        if target.exists():  # a concurrent run (another rank) finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except (tarfile.TarError, EOFError, OSError) as e:
+        try:
+            stats = extract_tar(path, tmp, limits)
+            (tmp / ".complete").write_text(json.dumps({"archive": str(path), **stats.as_dict()}))
+            if not target.exists():
+                os.replace(tmp, target)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            if (target / ".complete").is_file():  # a concurrent run (another rank) finished first
+                return target
+            raise UserError(f"could not extract data archive {path}: {e}; check the file or re-download it") \
+                from None
+    finally:  # also on UserError and KeyboardInterrupt: no half-extracted folder stays behind
         shutil.rmtree(tmp, ignore_errors=True)
-        if (target / ".complete").is_file():
-            return target
-        raise UserError(f"could not extract data archive {path}: {e}; check the file or re-download it") from None
     return target
+
+
+def _temp_prefix() -> str:
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+    return f".extract-{os.getpid()}@{host}-"
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Remove temp folders of extractions on this host whose process is gone (killed with SIGKILL, say).
+
+    A temp folder of another host (a cache on a shared file system) or of a live process is left alone.
+    """
+    host = _temp_prefix().split("@", 1)[1][:-1]
+    for entry in folder.glob(".extract-*"):
+        m = _TEMP.match(entry.name)
+        if m and m.group(2) == host and not _alive(int(m.group(1))):
+            log.info("removing %s, left by an extraction that was killed", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: a process of another user has it
+        return True
+    return True

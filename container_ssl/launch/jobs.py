@@ -30,8 +30,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import submitit
 import torch
@@ -125,8 +126,8 @@ class PreemptionGuard:
         self.grace_s = grace_s
         self.requested = False      # this process caught the signal
         self.stopped = False        # all ranks agreed to stop; the trainer saves at this step
-        self._submitit_handler: Optional[Callable[..., Any]] = None
-        self._timer: Optional[threading.Timer] = None
+        self._submitit_handler: Callable[..., Any] | None = None
+        self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
         self._handed_over = False   # submitit's handler was (or is being) called
         self._closed = False        # the trainer has returned
@@ -137,7 +138,7 @@ class PreemptionGuard:
     def active(self) -> bool:
         return self._submitit_handler is not None
 
-    def __enter__(self) -> "PreemptionGuard":
+    def __enter__(self) -> PreemptionGuard:  # noqa: PYI034 - typing.Self needs Python 3.11
         handler = signal.getsignal(self.signum)
         if callable(handler):
             self._pid = os.getpid()
@@ -145,7 +146,7 @@ class PreemptionGuard:
             signal.signal(self.signum, self._on_signal)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._cancel_timer()
         if self._submitit_handler is not None and threading.current_thread() is threading.main_thread():
             signal.signal(self.signum, self._submitit_handler)
@@ -235,7 +236,7 @@ class PreemptionGuard:
 
 
 # ------------------------------------------------------------------------------------------------ job
-def _fingerprint(path: Path) -> Optional[tuple[int, int, int]]:
+def _fingerprint(path: Path) -> tuple[int, int, int] | None:
     """Identity of a file (inode, mtime, size): tells whether the job replaced it since it first started."""
     try:
         st = path.stat()
@@ -252,8 +253,8 @@ class CommandJob(submitit.helpers.Checkpointable):
     ``argv``. ``cwd`` is the submission directory, so relative paths mean the same inside the job.
     """
 
-    def __init__(self, command: str, argv: list[str], cwd: str, config: Optional[dict[str, Any]] = None,
-                 resume: Optional[str] = None, auto_resume: bool = True, signal_delay_s: int = 120):
+    def __init__(self, command: str, argv: list[str], cwd: str, config: dict[str, Any] | None = None,
+                 resume: str | None = None, auto_resume: bool = True, signal_delay_s: int = 120):
         self.command = command
         self.argv = list(argv)
         self.cwd = cwd
@@ -262,7 +263,7 @@ class CommandJob(submitit.helpers.Checkpointable):
         self.auto_resume = auto_resume
         self.signal_delay_s = signal_delay_s
         self.attempt = 0
-        self.initial_checkpoint: Optional[tuple[int, int, int]] = None
+        self.initial_checkpoint: tuple[int, int, int] | None = None
         self.fingerprinted = False
 
     def __repr__(self) -> str:
@@ -310,7 +311,7 @@ class CommandJob(submitit.helpers.Checkpointable):
         cleanup()
         return {"output_dir": str(cfg.output_dir), "summary": summary}
 
-    def _resume_flags(self, latest: Path) -> tuple[Optional[str], bool]:
+    def _resume_flags(self, latest: Path) -> tuple[str | None, bool]:
         """``--resume``/``--no-resume`` apply to the first start; a requeue continues from this job's save."""
         if not self.fingerprinted:
             self.initial_checkpoint, self.fingerprinted = _fingerprint(latest), True

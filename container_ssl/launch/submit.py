@@ -8,11 +8,18 @@ resolved, the resources are checked against the command (one process per GPU; ev
 process) and against ``sinfo``, and the output and log folders are probed for writing, all before
 anything is submitted. Submitting never waits for the job: it prints the job id, the log files and how to
 follow them. What runs on the compute node lives in :mod:`container_ssl.launch.jobs`.
+
+Why no value may hold a control character: submitit shell-quotes every sbatch option, but it writes them
+as ``#SBATCH --key=value`` comment lines. A newline in a job name, partition, ``--slurm-extra`` value or
+folder ends the comment, the rest of the value runs as shell on the cluster, and sbatch stops reading the
+directives after it. So every value that reaches the script (or the local executor's environment) is
+refused, naming its option, before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shlex
@@ -20,9 +27,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from ..errors import UserError
 from .jobs import CommandJob, command_parser
@@ -31,6 +40,7 @@ SUBMITTABLE = ("pretrain", "knn", "linear", "finetune")
 DEFAULT_TIMEOUT_MIN = 4320
 DEFAULT_SIGNAL_DELAY_S = 120
 DEFAULT_MAX_TIMEOUTS = 3
+SLURM_MAX_SIGNAL_DELAY_S = 65535  # sbatch --signal: "sig_time must be an integer between 0 and 65535"
 # sbatch options this command sets itself; --slurm-extra may not override them
 MANAGED_SBATCH = {"nodes": "--nodes", "ntasks-per-node": "--tasks-per-node", "gpus-per-node": "--gpus-per-node",
                   "cpus-per-task": "--cpus-per-task", "time": "--timeout-min", "partition": "--partition",
@@ -55,7 +65,7 @@ job resumes from that checkpoint (same metrics.jsonl and TensorBoard run). Evalu
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def _count(minimum: int):
+def _count(minimum: int, maximum: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -63,18 +73,21 @@ def _count(minimum: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
     parse.__name__ = f"integer >= {minimum}"
     return parse
 
 
-def _positive_float(text: str) -> float:
+def _memory_gb(text: str) -> float:
+    """Memory in GB: finite and at least 1 MB, since sbatch reads ``--mem=0`` as "all of the node's memory"."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a number of GB, got '{text}'") from None
+    if not math.isfinite(value) or value * 1024 < 1:
+        raise argparse.ArgumentTypeError(f"must be a finite number of GB, at least 1 MB (0.001), got {text}")
     return value
 
 
@@ -105,12 +118,12 @@ def _add_options(p: argparse.ArgumentParser) -> None:
                         "evaluations: 1)")
     r.add_argument("--cpus-per-task", type=_count(1),
                    help="CPUs per process (default: data-loading workers + 1)")
-    r.add_argument("--mem-gb", type=_positive_float, help="memory per node in GB (default: the partition's)")
+    r.add_argument("--mem-gb", type=_memory_gb, help="memory per node in GB (default: the partition's)")
     t = p.add_argument_group("time limit and preemption")
     t.add_argument("--timeout-min", type=_count(1),
                    help=f"time limit in minutes (default {DEFAULT_TIMEOUT_MIN} = 3 days); a job that reaches "
                         "it is requeued and continues")
-    t.add_argument("--signal-delay-s", type=_count(1),
+    t.add_argument("--signal-delay-s", type=_count(1, SLURM_MAX_SIGNAL_DELAY_S),
                    help=f"SLURM sends USR2 this many seconds before the time limit (default "
                         f"{DEFAULT_SIGNAL_DELAY_S}). Within this window pretraining must finish its current "
                         "step, write checkpoint.pt and requeue: make it larger than a step plus a checkpoint "
@@ -134,6 +147,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("submit_command", choices=SUBMITTABLE, metavar="COMMAND", help=" | ".join(SUBMITTABLE))
     parser.add_argument("command_args", nargs=argparse.REMAINDER, metavar="ARGS",
                         help="the command's own arguments (config, overrides, --checkpoint, ...)")
+
+    def error(message: str) -> None:  # one line, as for the options after COMMAND (see _split_options)
+        parser.exit(2, f"error: {_option_error(message)}\n")
+
+    parser.error = error  # type: ignore[method-assign]
+
+
+def _option_error(message: str) -> str:
+    return f"submit: {message}; see `container-ssl submit --help`"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,11 +198,11 @@ class Plan:
     timeout_min: int
     signal_delay_s: int
     max_timeouts: int
-    mem_gb: Optional[float] = None
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
+    mem_gb: float | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
@@ -222,6 +244,8 @@ def plan(args: argparse.Namespace) -> Plan:
     """Parse the command's arguments, resolve defaults and check everything that can be checked here."""
     opts, command_argv = _split_options(args)
     command = args.submit_command
+    _refuse_control_characters([*_option_values(opts), *_argv_values(command, command_argv),
+                                ("the working directory", os.getcwd())])
     cluster = opts.cluster or "slurm"
     if cluster == "auto":
         cluster = "slurm" if shutil.which("sbatch") else "local"
@@ -252,10 +276,16 @@ def plan(args: argparse.Namespace) -> Plan:
         partition = _check_partition(partition)
         if not opts.dry_run and not shutil.which("sbatch"):
             raise UserError("sbatch not found on PATH: submit from a SLURM login node, or use --cluster local")
+        if not opts.dry_run and not shutil.which("srun"):  # submitit's SlurmExecutor refuses to start without it
+            raise UserError("srun not found on PATH (sbatch is): submitit starts the tasks with srun; submit from a "
+                            "SLURM login node, or use --cluster local")
 
     output_dir = target.output_dir
     job_dir = Path(opts.job_dir).expanduser() if opts.job_dir else output_dir / "submitit"
     job_dir = job_dir.absolute()
+    # the output dir may come from the YAML config, the job dir from it or from $HOME (expanduser)
+    _refuse_control_characters([("output_dir" if command == "pretrain" else "--output-dir", str(output_dir)),
+                                ("--job-dir", str(job_dir))])
     _check_writable(output_dir, "output dir", "choose another output dir")
     _check_writable(job_dir, "--job-dir", "pass another --job-dir")
 
@@ -277,7 +307,7 @@ def _split_options(args: argparse.Namespace) -> tuple[argparse.Namespace, list[s
     _add_options(later)
 
     def error(message: str) -> None:
-        raise UserError(f"submit: {message}; see `container-ssl submit --help`")
+        raise UserError(_option_error(message))
 
     later.error = error  # type: ignore[method-assign]
     found, rest = later.parse_known_args(list(args.command_args or []))
@@ -297,8 +327,8 @@ class _Target:
     device: str
     workers: int
     output_dir: Path
-    config: Optional[dict[str, Any]] = None
-    resume: Optional[str] = None
+    config: dict[str, Any] | None = None
+    resume: str | None = None
     auto_resume: bool = True
     notes: list[str] = field(default_factory=list)
 
@@ -365,7 +395,7 @@ def _local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def slurm_partitions() -> Optional[list[tuple[str, bool]]]:
+def slurm_partitions() -> list[tuple[str, bool]] | None:
     """``(name, is_default)`` for each partition from ``sinfo``; None when sinfo is missing or fails."""
     if not shutil.which("sinfo"):
         return None
@@ -379,7 +409,7 @@ def slurm_partitions() -> Optional[list[tuple[str, bool]]]:
     return list(parts.items()) or None
 
 
-def _check_partition(partition: Optional[str]) -> Optional[str]:
+def _check_partition(partition: str | None) -> str | None:
     parts = slurm_partitions()
     if parts is None:  # no sinfo here (e.g. a dry run on a laptop): sbatch checks it
         return partition
@@ -410,7 +440,43 @@ def _check_writable(path: Path, what: str, hint: str) -> None:
         raise UserError(f"{what} {path} is not writable ({e.strerror or e} in {probe}); {hint}") from None
 
 
-_EXTRA_KEY = re.compile(r"^[a-z][a-z0-9-]*$")
+def _control_character(value: str) -> str | None:
+    return next((c for c in value if unicodedata.category(c) == "Cc"), None)
+
+
+def _refuse_control_characters(named: Iterable[tuple[str, str | None]]) -> None:
+    """Refuse a value with a control character (``\\n``, ``\\r``, ``\\t``, NUL, ESC...), naming its option."""
+    for name, value in named:
+        char = _control_character(value) if value is not None else None
+        if char is not None:
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise UserError(f"{name} {shown}: control character {char!r} not allowed (in the sbatch script a "
+                            "newline would end the #SBATCH line and run the rest as shell); remove it")
+
+
+def _option_values(opts: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The submit options that reach sbatch as text."""
+    named = [(f"--{key.replace('_', '-')}", getattr(opts, key, None))
+             for key in ("name", "partition", "account", "qos", "constraint", "job_dir")]
+    return named + [("--slurm-extra", item) for item in getattr(opts, "slurm_extra", None) or []]
+
+
+def _argv_values(command: str, argv: list[str]) -> list[tuple[str, str | None]]:
+    """The command's arguments, each named by its option or override key (``pretrain output_dir``)."""
+    named, option = [], None
+    for i, arg in enumerate(argv):
+        if arg.startswith("-"):
+            name, option = arg.split("=", 1)[0], (None if "=" in arg else arg)
+        elif option:  # the value of the option before it
+            name, option = option, None
+        else:  # a key=value override, or a positional argument
+            name = arg.split("=", 1)[0] if "=" in arg else f"argument {i + 1}"
+        named.append((f"{command} {name}" if _control_character(name) is None else f"{command} argument {i + 1}",
+                      arg))
+    return named
+
+
+_EXTRA_KEY = re.compile(r"[a-z][a-z0-9-]*")
 
 
 def _parse_extra(items: list[str]) -> dict[str, Any]:
@@ -418,7 +484,7 @@ def _parse_extra(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().lstrip("-").replace("_", "-")
-        if not sep or not _EXTRA_KEY.match(key):
+        if not sep or not _EXTRA_KEY.fullmatch(key):
             raise UserError(f"--slurm-extra {item}: expected KEY=VALUE with an sbatch option name, "
                             "e.g. --slurm-extra mail-type=END")
         if key in MANAGED_SBATCH:
@@ -501,5 +567,5 @@ def submitted_message(p: Plan, job: Any) -> str:
     if p.world_size > 1:
         lines.append(f"  (one log pair per task: {Path(str(stdout)).name.replace('_0_', '_<task>_')})")
     lines += [f"note: {n}" for n in p.notes]
-    lines.append(f"follow it with: tail -f {stdout}")
+    lines.append(f"follow it with: tail -f {shlex.quote(str(stdout))}")
     return "\n".join(lines)

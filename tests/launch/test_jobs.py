@@ -12,7 +12,11 @@ import pytest
 import torch
 
 from container_ssl.checkpoint import load_checkpoint
-from container_ssl.launch.jobs import CommandJob, PreemptionGuard, export_distributed_env
+from container_ssl.launch.jobs import (
+    CommandJob,
+    PreemptionGuard,
+    export_distributed_env,
+)
 from container_ssl.ssl.trainer import pretrain
 from tests.train.test_pretrain import tiny_cfg
 
