@@ -35,7 +35,8 @@ def require_finite_weights(state: Mapping[str, torch.Tensor], what: str) -> None
     if counts:
         keys = sorted(counts, key=lambda k: -counts[k])
         shown = ", ".join(f"{k} ({counts[k]})" for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
-        raise UserError(f"{what} hold {sum(counts.values())} non-finite values in {len(keys)} tensors ({shown}); "
+        tensors = f"{len(keys)} tensor" + ("s" if len(keys) > 1 else "")
+        raise UserError(f"{what} hold {sum(counts.values())} non-finite values in {tensors} ({shown}); "
                         "the run diverged before this checkpoint: evaluate an earlier one")
 
 
