@@ -83,7 +83,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
     o = parser.add_argument_group("optimisation (DeiT defaults)")
     o.add_argument("--epochs", type=positive_int, default=100)
-    o.add_argument("--opt", default="adamw", help="timm optimizer name (default adamw)")
+    o.add_argument("--opt", type=_timm_optimizer, default="adamw", help="timm optimizer name (default adamw)")
     o.add_argument("--lr", type=positive_float, default=5e-4, help="base lr, scaled by batch_size/512 (default 5e-4)")
     o.add_argument("--min-lr", type=non_negative_float, default=1e-6)
     o.add_argument("--warmup-epochs", type=non_negative_int, default=5)
@@ -304,6 +304,16 @@ def _loss(args: argparse.Namespace, num_classes: int) -> tuple[Any | None, nn.Mo
     if args.smoothing > 0:
         return None, LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     return None, nn.CrossEntropyLoss()
+
+
+def _timm_optimizer(text: str) -> str:
+    """An optimizer name timm knows (a ``lookahead_`` prefix allowed), checked while the options are parsed."""
+    import timm.optim
+    name = text.lower()
+    known = set(timm.optim.list_optimizers())
+    if name not in known and name.split("_")[-1] not in known:
+        raise argparse.ArgumentTypeError(f"unknown timm optimizer '{text}' (e.g. adamw, sgd, lamb, lion)")
+    return name
 
 
 def _plain(values: dict) -> dict:

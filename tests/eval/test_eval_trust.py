@@ -148,6 +148,7 @@ def test_non_finite_features_are_refused(pretrain_run, tmp_path, capsys):
     (["finetune", "--smoothing", "1"], "--smoothing"),
     (["finetune", "--layer-decay", "0"], "--layer-decay"),
     (["finetune", "--clip-grad", "0"], "--clip-grad"),
+    (["finetune", "--opt", "adamww"], "--opt"),
     (["models", "--img-size", "0"], "--img-size"),
     (["models", "--patch-size", "0"], "--patch-size"),
     (["models", "--num-classes", "-1"], "--num-classes"),
