@@ -6,9 +6,20 @@ the (centre-crop) features once, reusing the cache shared with ``container-ssl k
 them without augmentation: orders of magnitude faster on a CPU, usually a little lower accuracy. The
 val features never depend on augmentation, so they are cached in both modes.
 
-Outputs in ``--output-dir``: ``linear.json`` (best val top-1 and its learning rate, per-lr summaries,
-the configuration), ``linear_log.jsonl`` (one line per evaluated epoch and learning rate) and
-``linear_best.pt`` (the best head, written atomically whenever it improves).
+How the lr and the epoch are chosen (``--selection``). ``holdout`` (default): a class-balanced, seeded
+``--holdout-fraction`` of the train split is held out; one head per ``--lrs`` value is trained on the
+rest and evaluated on the held-out images; the best (lr, epoch) is then retrained on the *whole* train
+split with the same schedule, stopped at the chosen epoch, and the val split is evaluated exactly once.
+Retraining rather than keeping the held-out head: the reported probe should use every label the
+protocol allows (as DINO's does), and the chosen epoch of a cosine schedule transfers unchanged when the
+schedule is the same. It costs at most one more pass of training. ``val``: DINO's reporting, the best
+val top-1 over lrs and epochs, i.e. chosen on the split it reports (optimistic; kept for comparison with
+published numbers and labelled as such in ``linear.json`` and the report).
+
+Outputs in ``--output-dir``: ``linear.json`` (val top-1, ``selection``, the chosen lr and epoch, per-lr
+summaries on the selection split, the configuration), ``linear_log.jsonl`` (one line per evaluated epoch
+and lr, tagged ``select``/``retrain``/``val``) and ``linear_best.pt`` (the reported head, written
+atomically).
 """
 
 from __future__ import annotations
