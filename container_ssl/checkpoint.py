@@ -58,23 +58,71 @@ def remove_stale_temps(folder: str | os.PathLike, name: str = "*.pt") -> list[Pa
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; every failure becomes a one-line :class:`UserError`."""
+    """Load a checkpoint with ``weights_only=True``; every failure becomes a one-line :class:`UserError`.
+
+    Why three messages: "could run code" sends a user hunting for a malicious file, so it is kept for a
+    real torch checkpoint whose pickle names objects outside the allowed set. A file that is not a torch
+    checkpoint at all (random bytes, text, an image), or one cut short by a crash or a copy, is told so.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes); use the previous checkpoint or re-save it")
+    kind = _container_kind(path)
+    if kind is None:
+        raise UserError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy "
+                        "torch pickle); pass the .pt/.pth file that torch.save wrote")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"refused to load {path}: it holds objects other than tensors and plain containers, "
-                        f"which could run code ({first[:160]}); only load checkpoints you trust, "
-                        "re-saved as plain state_dicts") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError) as e:
-        raise UserError(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}); "
-                        "use the previous checkpoint or re-save it") from None
+        if _names_disallowed_global(str(e)):
+            raise UserError(f"refused to load {path}: it holds objects other than tensors and plain containers, "
+                            f"which could run code ({_disallowed_detail(str(e))}); only load checkpoints you "
+                            "trust, re-saved as plain state_dicts") from None
+        raise UserError(_damaged(path, kind, e)) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError,
+            UnicodeDecodeError, AttributeError, TypeError) as e:
+        raise UserError(_damaged(path, kind, e)) from None
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
     return obj
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80  # first byte of a pickle of protocol >= 2, as the legacy torch.save format starts
+
+
+def _container_kind(path: Path) -> str | None:
+    """``zip`` (torch.save's format since 1.6), ``legacy`` (a pickle stream) or None (not a checkpoint)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head[:1] and head[0] == _PICKLE_PROTO:
+        return "legacy"
+    return None
+
+
+def _names_disallowed_global(message: str) -> bool:
+    """True when the weights-only unpickler stopped at a class/function reference (what could run code)."""
+    return "Unsupported global" in message or "GLOBAL " in message
+
+
+def _disallowed_detail(message: str) -> str:
+    for line in message.splitlines():
+        if "Unsupported global" in line or "GLOBAL " in line:
+            return line.strip().split(" was not an allowed global")[0].replace("WeightsUnpickler error: ", "")[:160]
+    return "disallowed global"
+
+
+def _damaged(path: Path, kind: str, error: BaseException) -> str:
+    what = "zip archive" if kind == "zip" else "legacy pickle"
+    return (f"checkpoint {path} is unreadable or truncated (a damaged torch.save {what}: {type(error).__name__}); "
+            "use the previous checkpoint or re-save it")
 
 
 def strip_prefixes(state_dict: dict, prefixes: tuple[str, ...] = ("module.", "backbone.", "_orig_mod.")) -> dict:

@@ -26,9 +26,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the package's error format: one ``error:`` line naming the option, exit status 2.
+
+    Why: argparse prints its (multi-line) usage before the message; a bad option is bad input like any
+    other and gets the same single line as a :class:`UserError`. Sub-parsers inherit this class.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise _BadOption(2)
+
+
+class _BadOption(SystemExit):
+    """A refused command line: ``main`` returns 2 (other callers see argparse's usual ``SystemExit(2)``)."""
+
+
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """The full parser; ``only`` limits imports to one sub-command's module (fast start-up)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="container-ssl",
         description="Self-supervised DINO pretraining and evaluation of CONTAINER-LIGHT and DeiT backbones.",
     )
@@ -47,12 +63,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else None)
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may follow options (argparse binds a '*' positional only once)
-    if extra and isinstance(getattr(args, "overrides", None), list) and all(_is_override(a) for a in extra):
-        args.overrides += extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        # key=value overrides may follow options (argparse binds a '*' positional only once)
+        if extra and isinstance(getattr(args, "overrides", None), list) and all(_is_override(a) for a in extra):
+            args.overrides += extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except _BadOption:
+        return 2
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2

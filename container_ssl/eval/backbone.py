@@ -30,8 +30,9 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint, strip_prefixes
 from ..errors import UserError
+from .finite import require_finite_weights
 
-__all__ = ["RELEASED_DEFAULT_MODEL", "build_model", "file_sha256", "load_backbone"]
+__all__ = ["RELEASED_DEFAULT_MODEL", "build_model", "file_sha256", "intermediate_count", "load_backbone"]
 
 RELEASED_DEFAULT_MODEL = "container_light_small"
 _WRAPPERS = ("model", "state_dict", "model_ema")
@@ -78,6 +79,7 @@ def load_backbone(checkpoint: str | os.PathLike, checkpoint_key: str = "teacher"
     if model_cfg is not None:
         fmt = "pretrain"
         state = _pretrain_backbone_state(raw, checkpoint_key, path)
+        require_finite_weights(state, f"{checkpoint_key} weights of {path}")
         name = model or model_cfg.get("name")
         if not name:
             raise UserError(f"checkpoint {path} has no config.model.name; pass --model")
@@ -92,6 +94,7 @@ def load_backbone(checkpoint: str | os.PathLike, checkpoint_key: str = "teacher"
             if not name:
                 raise UserError(f"checkpoint {path} is a plain state_dict without a config; pass --model NAME "
                                 "to say which architecture it holds")
+        require_finite_weights(state, f"weights of {path}")
 
     net = build_model(name, img_size=img_size, patch_size=patch_size, drop_path_rate=drop_path_rate)
     if fmt == "released":
@@ -117,12 +120,30 @@ def load_backbone(checkpoint: str | os.PathLike, checkpoint_key: str = "teacher"
     return net, info
 
 
+def intermediate_count(model: nn.Module) -> tuple[int, str] | None:
+    """How many blocks (ViT) or stages (hierarchical) ``forward_intermediates`` can return, and which."""
+    if isinstance(getattr(model, "cls_token", None), torch.Tensor) and hasattr(model, "blocks"):
+        return len(model.blocks), "blocks"
+    if hasattr(model, "stages"):
+        return len(model.stages), "stages"
+    info = getattr(model, "feature_info", None)
+    return (len(info), "stages") if isinstance(info, list) and info else None
+
+
 def _pretrain_backbone_state(raw: Mapping, key: str, path: Path) -> dict:
-    if key not in raw or not isinstance(raw[key], Mapping):
+    if key not in raw:
         have = [k for k, v in raw.items() if isinstance(v, Mapping) and k != "config"]
         raise UserError(f"checkpoint {path} has no '{key}' weights (it has: {', '.join(have) or 'none'}); "
                         "use --checkpoint-key teacher or student")
-    state = strip_prefixes(dict(raw[key]), ("module.", "_orig_mod."))
+    entry = raw[key]
+    if not isinstance(entry, Mapping):
+        raise UserError(f"checkpoint {path}: '{key}' is a {type(entry).__name__}, not a state dict "
+                        "(parameter name -> tensor); the file was not written by container-ssl pretrain")
+    odd = [f"{k} ({type(v).__name__})" for k, v in entry.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if odd:
+        raise UserError(f"checkpoint {path}: '{key}' is not a state dict: {len(odd)} entries are not tensors "
+                        f"({_names(odd)}); the file was not written by container-ssl pretrain")
+    state = strip_prefixes(dict(entry), ("module.", "_orig_mod."))
     backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
     if not backbone:
         raise UserError(f"checkpoint {path}: '{key}' holds no 'backbone.' weights; is it a pretraining checkpoint?")

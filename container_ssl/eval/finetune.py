@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from ..argtypes import float_range
 from ..checkpoint import save_atomic
 from ..data.subsets import read_subset_file, select_subset, write_subset_file
 from ..errors import UserError
@@ -41,13 +42,18 @@ from .options import (
     add_data_args,
     add_runtime_args,
     build_split,
+    fraction,
+    non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
+    probability,
     resolve_data,
     resolve_device,
     resolve_output_dir,
     write_json,
 )
+from .seeding import seed_everything
 from .transforms import eval_transform
 
 DEFAULT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1-mmax9"
@@ -69,44 +75,44 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_data_args(parser)
     labels = parser.add_argument_group("labels")
     s = labels.add_mutually_exclusive_group()
-    s.add_argument("--label-fraction", type=float, default=None,
+    s.add_argument("--label-fraction", type=fraction, default=None,
                    help="fraction of train labels per class, e.g. 0.01 or 0.1 (default 0.1)")
     s.add_argument("--subset-file", default=None, metavar="PATH",
                    help="use the images listed in this file (one path per line, relative to the split folder)")
-    labels.add_argument("--subset-seed", type=int, default=0, help="seed of the label subset (default 0)")
+    labels.add_argument("--subset-seed", type=non_negative_int, default=0, help="seed of the label subset (default 0)")
 
     o = parser.add_argument_group("optimisation (DeiT defaults)")
     o.add_argument("--epochs", type=positive_int, default=100)
-    o.add_argument("--opt", default="adamw", help="timm optimizer name (default adamw)")
+    o.add_argument("--opt", type=_timm_optimizer, default="adamw", help="timm optimizer name (default adamw)")
     o.add_argument("--lr", type=positive_float, default=5e-4, help="base lr, scaled by batch_size/512 (default 5e-4)")
-    o.add_argument("--min-lr", type=float, default=1e-6)
-    o.add_argument("--warmup-epochs", type=int, default=5)
-    o.add_argument("--warmup-lr", type=float, default=1e-6)
-    o.add_argument("--weight-decay", type=float, default=0.05)
-    o.add_argument("--layer-decay", type=float, default=None,
+    o.add_argument("--min-lr", type=non_negative_float, default=1e-6)
+    o.add_argument("--warmup-epochs", type=non_negative_int, default=5)
+    o.add_argument("--warmup-lr", type=non_negative_float, default=1e-6)
+    o.add_argument("--weight-decay", type=non_negative_float, default=0.05)
+    o.add_argument("--layer-decay", type=fraction, default=None,
                    help="layer-wise lr decay factor, e.g. 0.65 (default: off)")
-    o.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (default 0.1)")
-    o.add_argument("--clip-grad", type=float, default=None, help="gradient norm clip (default: off)")
+    o.add_argument("--drop-path", type=float_range(0, 1, hi_open=True), default=0.1, help="stochastic depth rate (default 0.1)")
+    o.add_argument("--clip-grad", type=positive_float, default=None, help="gradient norm clip (default: off)")
 
     a = parser.add_argument_group("augmentation and regularisation (DeiT defaults)")
     a.add_argument("--aa", default=DEFAULT_AUTO_AUGMENT, help=f"timm RandAugment string, or 'none' (default {DEFAULT_AUTO_AUGMENT})")
-    a.add_argument("--reprob", type=float, default=0.25, help="random erasing probability (default 0.25)")
-    a.add_argument("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"))
-    a.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (default 0.1)")
-    a.add_argument("--mixup", type=float, default=0.8, help="Mixup alpha (default 0.8; 0 = off)")
-    a.add_argument("--cutmix", type=float, default=1.0, help="CutMix alpha (default 1.0; 0 = off)")
-    a.add_argument("--mixup-prob", type=float, default=1.0)
-    a.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    a.add_argument("--reprob", type=probability, default=0.25, help="random erasing probability (default 0.25)")
+    a.add_argument("--crop-scale", type=fraction, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"))
+    a.add_argument("--smoothing", type=float_range(0, 1, hi_open=True), default=0.1, help="label smoothing (default 0.1)")
+    a.add_argument("--mixup", type=non_negative_float, default=0.8, help="Mixup alpha (default 0.8; 0 = off)")
+    a.add_argument("--cutmix", type=non_negative_float, default=1.0, help="CutMix alpha (default 1.0; 0 = off)")
+    a.add_argument("--mixup-prob", type=probability, default=1.0)
+    a.add_argument("--mixup-switch-prob", type=probability, default=0.5)
     a.add_argument("--no-mixup", action="store_true", help="switch Mixup and CutMix off")
 
     o.add_argument("--val-freq", type=positive_int, default=1, help="evaluate every N epochs (default 1)")
-    o.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default 0)")
+    o.add_argument("--seed", type=non_negative_int, default=0, help="seed of initialisation and data order (default 0)")
     add_runtime_args(parser, batch_size=128)
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.time()
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed)  # numpy too: timm's Mixup/CutMix draws from numpy's global generator
     model, info = _build(args)
     spec = resolve_data(args, info["config"], info["img_size"])
     out_dir = resolve_output_dir(args, args.checkpoint)
@@ -298,6 +304,16 @@ def _loss(args: argparse.Namespace, num_classes: int) -> tuple[Any | None, nn.Mo
     if args.smoothing > 0:
         return None, LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     return None, nn.CrossEntropyLoss()
+
+
+def _timm_optimizer(text: str) -> str:
+    """An optimizer name timm knows (a ``lookahead_`` prefix allowed), checked while the options are parsed."""
+    import timm.optim
+    name = text.lower()
+    known = set(timm.optim.list_optimizers())
+    if name not in known and name.split("_")[-1] not in known:
+        raise argparse.ArgumentTypeError(f"unknown timm optimizer '{text}' (e.g. adamw, sgd, lamb, lion)")
+    return name
 
 
 def _plain(values: dict) -> dict:

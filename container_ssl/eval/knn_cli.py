@@ -12,6 +12,7 @@ import logging
 import time
 
 from .features import cached_features, load_backbone
+from .finite import require_finite_features
 from .knn import (
     DEFAULT_KS,
     DEFAULT_TEMPERATURE,
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
               "use_amp": not args.no_amp}
     train_f, train_y = cached_features(model, info, train_ds, cache, desc="train features", **common)
     val_f, val_y = cached_features(model, info, val_ds, cache, desc="val features", **common)
+    require_finite_features(train_f, f"{spec.train_split} features of {info['checkpoint']}")
+    require_finite_features(val_f, f"{spec.val_split} features of {info['checkpoint']}")
     backend = resolve_backend(args.backend, train_f.shape[0])
     results = knn_classify(train_f, train_y, val_f, val_y, ks=args.k, temperature=args.temperature,
                            num_classes=len(train_ds.classes), backend=backend, chunk_size=args.chunk_size,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..argtypes import float_range, int_range
 from ..errors import UserError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -29,8 +29,12 @@ __all__ = [
     "add_feature_cache_args",
     "add_runtime_args",
     "build_split",
+    "fraction",
+    "non_negative_float",
+    "non_negative_int",
     "positive_float",
     "positive_int",
+    "probability",
     "resolve_data",
     "resolve_device",
     "resolve_feature_cache",
@@ -39,18 +43,12 @@ __all__ = [
 ]
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+positive_int = int_range(lo=1)
+non_negative_int = int_range(lo=0)
+positive_float = float_range(lo=0, lo_open=True)
+non_negative_float = float_range(lo=0)
+fraction = float_range(lo=0, hi=1, lo_open=True)  # (0, 1]
+probability = float_range(lo=0, hi=1)  # [0, 1]
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -77,14 +75,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="where archives are extracted; default: config.data.cache_dir or ~/.cache/container-ssl")
     g.add_argument("--img-size", type=positive_int, default=None,
                    help="evaluation image size; default: the pretraining global crop size")
-    g.add_argument("--crop-ratio", type=float, default=None,
+    g.add_argument("--crop-ratio", type=fraction, default=None,
                    help="resize to img_size/crop_ratio then centre-crop (default 0.875, or 1.0 at <= 64 px)")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 256) -> None:
     g = parser.add_argument_group("runtime")
     g.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"default {batch_size}")
-    g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+    g.add_argument("--num-workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
                    help="data-loading processes (default: min(4, CPU cores); 0 = in-process)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")

@@ -2,8 +2,12 @@
 
 Protocol (DINO ``eval_linear.py``): one ``nn.Linear`` (weight ~ N(0, 0.01), bias 0) on the features,
 SGD with momentum 0.9 and no weight decay, learning rate ``base_lr * batch_size / 256``, cosine-annealed
-to 0 over the epochs (stepped per epoch), cross-entropy, accuracy measured on the val split every
-``val_freq`` epochs; the best val top-1 is reported, as DINO does.
+to 0 over the epochs (stepped per epoch), cross-entropy, accuracy measured every ``val_freq`` epochs.
+
+Which split chooses the learning rate and the epoch: DINO reports the best val top-1 over epochs, i.e.
+it selects on the split it reports. Here the choice is made on a held-out, class-balanced part of the
+train split (:func:`holdout_split`) and the val split is evaluated once, after retraining on the whole
+train split (see :mod:`container_ssl.eval.linear`); DINO's reporting is kept as an explicit option.
 
 Why several heads: the probe's result depends strongly on the learning rate, and the backbone forward
 pass costs far more than the heads. As in DINOv2, one head per candidate learning rate is trained on the
@@ -21,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.subsets import select_subset
 from ..errors import UserError
 from .metrics import TopK
 
-__all__ = ["HeadRecord", "LinearHeads", "LinearProbe", "feature_batches", "fit_probe", "train_linear_probe"]
+__all__ = ["HeadRecord", "LinearHeads", "LinearProbe", "choose", "feature_batches", "fit_probe", "holdout_split",
+           "train_epoch", "train_linear_probe"]
 
 
 class LinearHeads(nn.Module):
@@ -122,23 +128,31 @@ def feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: in
 EpochCallback = Callable[[int, "LinearProbe", list, list], None]
 
 
+def train_epoch(probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """One epoch over ``batches`` then one step of the schedule; the mean training loss of each head."""
+    sums = [0.0] * len(probe.records)
+    steps = 0
+    for features, labels in batches:
+        for i, loss in enumerate(probe.train_step(features, labels)):
+            sums[i] += loss
+        steps += 1
+    probe.end_epoch()
+    if steps == 0:
+        raise UserError("the linear probe got no training batch; is the train split empty?")
+    return [s / steps for s in sums]
+
+
 def fit_probe(probe: LinearProbe, train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
               val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], epochs: int,
               val_freq: int = 1, on_epoch: EpochCallback | None = None) -> list[HeadRecord]:
     """Train for ``epochs``, evaluating every ``val_freq`` epochs and at the end; return the records.
 
+    ``val_batches`` is whatever split the choice of learning rate and epoch is made on: the held-out part
+    of the train split (the default protocol) or, with DINO's reporting, the val split itself.
     ``on_epoch(epoch, probe, train_losses, val_meters)`` runs after each evaluation (logging, checkpoints).
     """
     for epoch in range(epochs):
-        sums = [0.0] * len(probe.records)
-        steps = 0
-        for features, labels in train_batches(epoch):
-            for i, loss in enumerate(probe.train_step(features, labels)):
-                sums[i] += loss
-            steps += 1
-        probe.end_epoch()
-        if steps == 0:
-            raise UserError("the linear probe got no training batch; is the train split empty?")
+        losses = train_epoch(probe, train_batches(epoch))
         if (epoch + 1) % val_freq == 0 or epoch == epochs - 1:
             meters = probe.evaluate(val_batches())
             for rec, meter in zip(probe.records, meters):
@@ -146,8 +160,37 @@ def fit_probe(probe: LinearProbe, train_batches: Callable[[int], Iterable[tuple[
                 if meter.top1 > rec.best_top1:
                     rec.best_top1, rec.best_top5, rec.best_epoch = meter.top1, meter.top5, epoch
             if on_epoch is not None:
-                on_epoch(epoch, probe, [s / steps for s in sums], meters)
+                on_epoch(epoch, probe, losses, meters)
     return probe.records
+
+
+def choose(records: Sequence[HeadRecord]) -> int:
+    """Index of the head with the best selection top-1 (the first one on ties: the order of ``--lrs``)."""
+    return max(range(len(records)), key=lambda i: (records[i].best_top1, -i))
+
+
+def holdout_split(labels: Sequence[int] | torch.Tensor, fraction: float, seed: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fit, held_out)`` indices of a class-balanced, seeded split of a labelled train split.
+
+    Why: choosing the learning rate and the epoch on the split one then reports (DINO's ``eval_linear``)
+    makes the figure an optimistic maximum over many tries. The choice is made on ``held_out``
+    (``round(fraction * n_c)`` images of each class ``c``, drawn like the label fractions of
+    :func:`container_ssl.data.subsets.select_subset`), which the probe never trains on during the choice.
+    Every class keeps at least one image on each side.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+    counts = torch.bincount(labels) if labels.numel() else torch.zeros(0, dtype=torch.int64)
+    small = [c for c, n in enumerate(counts.tolist()) if n == 1]
+    if small:
+        raise UserError(f"classes {small[:5]} have a single train image; the held-out choice of lr and epoch "
+                        "needs at least 2 per class (use --selection val, or more images)")
+    held = select_subset(labels.tolist(), fraction, seed)
+    mask = torch.zeros(labels.numel(), dtype=torch.bool)
+    mask[held] = True
+    if mask.all():
+        raise UserError(f"--holdout-fraction {fraction} leaves no train image to fit the probe on; use a smaller one")
+    return (~mask).nonzero().squeeze(1), mask.nonzero().squeeze(1)
 
 
 def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,

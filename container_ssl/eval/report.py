@@ -125,7 +125,7 @@ def render_markdown(runs: list[RunData], plots: dict[str, bool], title: str) -> 
         rows.append((f"kNN top-1, k={k}", [_fmt(r.knn_top1().get(k)) for r in runs]))
     if not ks:
         rows.append(("kNN top-1", [DASH for _ in runs]))
-    rows.append(("linear top-1", [_fmt(r.linear.get("top1")) for r in runs]))
+    rows.append(("linear top-1", [_linear_cell(r.linear) for r in runs]))
     for tag in tags:
         rows.append((f"finetune top-1, {_tag_label(tag)} labels", [_fmt((r.finetune.get(tag) or {}).get("top1"))
                                                                   for r in runs]))
@@ -135,8 +135,10 @@ def render_markdown(runs: list[RunData], plots: dict[str, bool], title: str) -> 
     header = ["", *[r.name for r in runs]]
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join([label, *cells]) + " |" for label, cells in rows]
-    note = ("Accuracies in %. kNN: weighted k-NN of the frozen teacher (T from eval/knn.json); linear: best "
-            "val top-1 of the linear probe; finetune: best val top-1 on the full val split.")
+    note = ("Accuracies in %. kNN: weighted k-NN of the frozen teacher (T from eval/knn.json); linear: val "
+            "top-1 of the linear probe, its lr and epoch chosen as the brackets say (held-out = on a held-out "
+            "part of train, val evaluated once; best on val = DINO's reporting, selected on the reported split); "
+            "finetune: best val top-1 on the full val split.")
     lines += ["", note, ""]
     captions = {"knn_by_k.png": "kNN top-1 by k", "online_knn.png": "online kNN top-1 during pretraining",
                 "train_loss.png": "pretraining loss"}
@@ -264,6 +266,18 @@ def _fmt(value: Any, digits: int = 2, scale: float = 1.0) -> str:
     if not _is_number(value):
         return DASH
     return f"{value * scale:.{digits}f}"
+
+
+LINEAR_SELECTION = {"holdout": "held-out", "val": "best on val"}
+
+
+def _linear_cell(linear: dict) -> str:
+    """The linear top-1 and how its lr/epoch were chosen; files without ``selection`` predate the held-out
+    protocol and reported the best val top-1."""
+    if not _is_number(linear.get("top1")):
+        return DASH
+    selection = LINEAR_SELECTION.get(str(linear.get("selection") or "val"), str(linear.get("selection")))
+    return f"{_fmt(linear['top1'])} ({selection})"
 
 
 def _tag_order(tag: str) -> tuple:

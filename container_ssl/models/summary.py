@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
+from ..argtypes import int_range
 from .complexity import build_on_meta, count_macs, count_params
 from .factory import backbone_names, create_backbone, feature_dim
 
@@ -19,10 +20,10 @@ _HEADER = ("model", "params (M)", "GMACs", "stem/patch", "feature dim")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--img-size", type=int, default=224, help="input size in pixels (default 224)")
-    parser.add_argument("--patch-size", type=int, default=None,
+    parser.add_argument("--img-size", type=int_range(lo=1), default=224, help="input size in pixels (default 224)")
+    parser.add_argument("--patch-size", type=int_range(lo=1), default=None,
                         help="stem stride for Container (default 4) / patch size for DeiT (default 16)")
-    parser.add_argument("--num-classes", type=int, default=1000,
+    parser.add_argument("--num-classes", type=int_range(lo=0), default=1000,
                         help="classifier outputs counted in the params (default 1000; 0 = backbone only)")
     parser.add_argument("--format", choices=("text", "markdown"), default="text",
                         help="plain text table (default) or a markdown table for the README")

@@ -50,8 +50,14 @@ def test_linear_outputs(evaluated):
     assert report["feature"] == "last2" and report["feature_dim"] == 64 + 128 and report["mode"] == "cached-features"
     assert report["top1"] >= 20.0, report  # real CIFAR features, 10 classes: chance is 10 %
     assert report["best_base_lr"] in (0.01, 0.1, 1.0) and len(report["per_lr"]) == 3
+    # default protocol: chosen on 10 % of train held out (3 of the 30 images per class), val evaluated once
+    assert report["selection"] == "holdout" and report["val_evaluations"] == 1
+    assert report["holdout"] == {"fraction": 0.1, "seed": 0, "images": 30, "fit_images": 270}
     lines = [json.loads(x) for x in (evaluated / "linear_log.jsonl").read_text().splitlines()]
-    assert len(lines) == 30 * 3 and {x["base_lr"] for x in lines} == {0.01, 0.1, 1.0}
+    select = [x for x in lines if x["phase"] == "select"]
+    assert len(select) == 30 * 3 and {x["base_lr"] for x in select} == {0.01, 0.1, 1.0}
+    assert all("val_top1" not in x for x in select)
+    assert [x["phase"] for x in lines[len(select):]] == ["retrain"] * (report["best_epoch"] + 1) + ["val"]
     best = load_checkpoint(evaluated / "linear_best.pt")
     assert tuple(best["head"]["weight"].shape) == (10, 192) and best["top1"] == report["top1"]
     assert len(list((evaluated / "feature_cache").glob("*_teacher_*_last2.pt"))) == 2
@@ -63,7 +69,8 @@ def test_linear_augmented_mode(evaluated, pretrain_run, tmp_path):
     report = json.loads((tmp_path / "linear.json").read_text())
     assert report["mode"] == "augmented" and report["feature"] == "pooled" and report["train_images"] == 300
     assert (tmp_path / "linear_best.pt").is_file()
-    assert len((tmp_path / "linear_log.jsonl").read_text().splitlines()) == 1
+    assert [json.loads(x)["phase"] for x in (tmp_path / "linear_log.jsonl").read_text().splitlines()] == [
+        "select", "retrain", "val"]
 
 
 def test_finetune_outputs(evaluated):
@@ -104,7 +111,7 @@ def test_bad_inputs_are_one_line_errors(pretrain_run, cifar10_small, tmp_path, c
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 4
     assert "only in val: horse" in errors[0] and "--model" in errors[1]
-    assert "checkpoint not found" in errors[2] and "label fraction" in errors[3]
+    assert "checkpoint not found" in errors[2] and "--label-fraction" in errors[3]
 
 
 def test_report_on_evaluated_run(evaluated, pretrain_run, tmp_path):
@@ -116,6 +123,6 @@ def test_report_on_evaluated_run(evaluated, pretrain_run, tmp_path):
     knn = json.loads((evaluated / "knn.json").read_text())["results"]
     linear = json.loads((evaluated / "linear.json").read_text())["top1"]
     assert f"| kNN top-1, k=20 | {knn[1]['top1']:.2f} | – |" in text
-    assert f"| linear top-1 | {linear:.2f} | – |" in text
+    assert f"| linear top-1 | {linear:.2f} (held-out) | – |" in text
     assert "| finetune top-1, 10% labels |" in text
     assert all((out / name).stat().st_size > 1000 for name in ("knn_by_k.png", "online_knn.png", "train_loss.png"))

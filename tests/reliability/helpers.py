@@ -25,6 +25,16 @@ def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["pretrain", *TINY, f"data.path={data}", f"output_dir={out}", *extra]
 
 
+def trainer_checkpoint(data: Path, out: Path, *extra: str) -> Path:
+    """A real pretraining checkpoint (trainer state at step 0) of the tiny run with ``extra`` overrides."""
+    from container_ssl.config import load_config
+    from container_ssl.ssl.trainer import DinoTrainer
+
+    cfg = load_config(overrides=TINY + [f"data.path={data}", f"output_dir={out}", "data.subset=32", *extra])
+    DinoTrainer(cfg).save(0, 0)
+    return out / "checkpoint.pt"
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: one thread (a loaded 2-core box crawls with more), unbuffered."""
     env = dict(os.environ)

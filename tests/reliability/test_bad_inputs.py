@@ -16,18 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from container_ssl.cli import main as cli_main
-from container_ssl.config import load_config
 from container_ssl.data import build_dataset
 from container_ssl.data.images import BadImage, load_rgb
 from container_ssl.data.subsets import read_subset_file, write_subset_file
-from container_ssl.ssl.trainer import DinoTrainer
-from tests.train.test_pretrain import TINY
 
 from .figures import record, table
-from .helpers import one_line_error, run_cli, short, tiny_args
+from .helpers import one_line_error, run_cli, short, tiny_args, trainer_checkpoint
 
 GOOD_PER_CLASS = 12
 
@@ -147,11 +145,7 @@ def test_unreadable_images_are_skipped_and_counted_or_named(bad_data, tmp_path):
     record("drill 2a: bad images during a real pretraining run", table(("input", "file", "outcome"), rows))
 
 
-def _checkpoint(cifar: Path, out: Path, *extra: str) -> Path:
-    """A real pretraining checkpoint (trainer state at step 0) of the tiny run with ``extra`` overrides."""
-    cfg = load_config(overrides=TINY + [f"data.path={cifar}", f"output_dir={out}", "data.subset=32", *extra])
-    DinoTrainer(cfg).save(0, 0)
-    return out / "checkpoint.pt"
+_checkpoint = trainer_checkpoint
 
 
 @pytest.mark.reliability
@@ -264,3 +258,43 @@ def test_feature_cache_never_returns_features_of_other_images(cifar10_small, tmp
     assert read_subset_file(subset, names) == [0, 1] and len(subset.read_text().split("\n")) == 3
     rows.append(("subset_*.txt, a file name with a newline", "round trip exact (the name is a JSON-string line)"))
     record("drill 2c: feature cache and subset files", table(("input", "outcome"), rows))
+
+
+# every user-facing evaluator/models option with a range, refused while the command line is parsed
+OUT_OF_RANGE = [
+    ("knn", "--num-workers", "-1"), ("knn", "--k", "0"), ("knn", "--temperature", "0"), ("knn", "--batch-size", "0"),
+    ("knn", "--chunk-size", "0"), ("knn", "--img-size", "0"), ("knn", "--crop-ratio", "1.5"),
+    ("linear", "--epochs", "0"), ("linear", "--lr", "-0.1"), ("linear", "--n-last-blocks", "-2"),
+    ("linear", "--holdout-fraction", "0"), ("linear", "--val-freq", "0"),
+    ("finetune", "--label-fraction", "0"), ("finetune", "--warmup-epochs", "-1"), ("finetune", "--drop-path", "1.5"),
+    ("finetune", "--reprob", "2"), ("finetune", "--mixup", "-0.5"), ("finetune", "--min-lr", "-1"),
+    ("models", "--img-size", "0"), ("models", "--patch-size", "-4"), ("models", "--num-classes", "-1"),
+]
+
+
+@pytest.mark.reliability
+def test_out_of_range_options_and_damaged_checkpoints_give_one_line(cifar10_small, tmp_path, capfd):
+    rows = []
+    for command, option, value in OUT_OF_RANGE:
+        argv = [command, *(["--checkpoint", "x.pt"] if command in ("knn", "linear") else []), option, value]
+        line = _expect_error(argv, capfd, f"argument {option}", f"got {value}")
+        rows.append((f"{option} {value}", command, short(line, 150)))
+
+    good = trainer_checkpoint(cifar10_small, tmp_path / "good")
+    knn = ["knn", "--num-workers", "0", "--k", "5", "--output-dir", str(tmp_path / "out"), "--checkpoint"]
+    line = _expect_error(["linear", "--num-workers", "0", "--n-last-blocks", "9", "--output-dir",
+                          str(tmp_path / "out"), "--checkpoint", str(good)], capfd, "--n-last-blocks 9", "4 stages")
+    rows.append(("--n-last-blocks 9 (4 stages)", "linear", short(line, 150)))
+    noise = tmp_path / "checkpoint.pt"
+    noise.write_bytes(random.Random(1).randbytes(1 << 16))
+    line = _expect_error([*knn, str(noise)], capfd, str(noise), "not a PyTorch checkpoint")
+    assert "could run code" not in line
+    rows.append(("random bytes named checkpoint.pt", "knn", short(line.replace(str(tmp_path), "$TMP"), 150)))
+    blob = torch.load(good, weights_only=True)
+    for name, value in (("a list", [torch.zeros(2)]), ("strings", {"backbone.norm.weight": "ones"})):
+        bad = tmp_path / f"teacher_{name.replace(' ', '_')}.pt"
+        torch.save({**blob, "teacher": value}, bad)
+        line = _expect_error([*knn, str(bad)], capfd, str(bad), "not a state dict")
+        rows.append((f"'teacher' entry is {name}", "knn", short(line.replace(str(tmp_path), "$TMP"), 150)))
+    record("drill 2c: out-of-range options and files that are not checkpoints",
+           table(("input", "command", "outcome"), rows))

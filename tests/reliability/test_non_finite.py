@@ -16,9 +16,18 @@ import pytest
 import torch
 
 from container_ssl.checkpoint import load_checkpoint
+from container_ssl.cli import main as cli_main
 
 from .figures import record, table
-from .helpers import one_line_error, run_cli, sha256, short, temp_files, tiny_args
+from .helpers import (
+    one_line_error,
+    run_cli,
+    sha256,
+    short,
+    temp_files,
+    tiny_args,
+    trainer_checkpoint,
+)
 
 EXTRA = ["data.subset=64", "optim.epochs=2", "checkpoint_every_steps=1"]  # 4 iterations per epoch, 8 in all
 NAN_AT = 3
@@ -81,3 +90,40 @@ def test_nan_skip_step_skips_counts_and_finishes_clean(cifar10_small, tmp_path):
     assert summary["finished"] and summary["nan_steps_skipped"] == 1
     assert not bad, f"the skipped step poisoned the run's state: {bad[:5]}"
     assert len(losses) == 7 and all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.reliability
+def test_evaluators_refuse_non_finite_weights_and_features(cifar10_small, tmp_path, capfd):
+    """A diverged teacher (NaN weights) or overflowing features never become a chance-level figure."""
+    good = trainer_checkpoint(cifar10_small, tmp_path / "good")
+    blob = torch.load(good, weights_only=True)
+    nan = {k: v.clone() for k, v in blob["teacher"].items()}
+    nan["backbone.norm.weight"][:12] = float("nan")  # 12 NaN in one teacher tensor
+    (tmp_path / "nan").mkdir()
+    torch.save({**blob, "teacher": nan}, tmp_path / "nan" / "checkpoint.pt")
+    huge = {k: v.clone() for k, v in blob["teacher"].items()}
+    huge["backbone.norm.weight"].fill_(3e38)  # finite weights, float32 features overflow
+    (tmp_path / "huge").mkdir()
+    torch.save({**blob, "teacher": huge}, tmp_path / "huge" / "checkpoint.pt")
+    fast = ["--num-workers", "0", "--batch-size", "64"]
+    cases = [
+        ("12 NaN in the teacher", "knn", "nan", ["--k", "5"], "teacher weights of", "hold 12 non-finite values"),
+        ("12 NaN in the teacher", "linear", "nan", ["--cached-features"], "teacher weights of",
+         "hold 12 non-finite values"),
+        ("12 NaN in the teacher", "finetune", "nan", ["--epochs", "1"], "teacher weights of",
+         "hold 12 non-finite values"),
+        ("features overflow float32", "knn", "huge", ["--k", "5"], "features of", "non-finite values"),
+        ("features overflow float32", "linear", "huge", ["--cached-features"], "features of", "non-finite values"),
+    ]
+    rows = []
+    for kind, command, folder, extra, *expected in cases:
+        ckpt = tmp_path / folder / "checkpoint.pt"
+        out = tmp_path / folder / f"eval_{command}"
+        capfd.readouterr()
+        no_cache = ["--no-feature-cache"] if command != "finetune" else []
+        status = cli_main([command, "--checkpoint", str(ckpt), *extra, *fast, *no_cache, "--output-dir", str(out)])
+        line = one_line_error(capfd.readouterr().err, status)
+        assert str(ckpt) in line and all(text in line for text in expected), line
+        assert not list(out.glob("*.json")), f"{command} wrote a result"
+        rows.append((kind, command, short(line.replace(str(tmp_path), "$TMP"), 150)))
+    record("drill 3c: non-finite weights and features in the evaluators", table(("cause", "command", "outcome"), rows))

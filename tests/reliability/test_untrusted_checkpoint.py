@@ -9,6 +9,7 @@ reintroducing an unsafe load.
 from __future__ import annotations
 
 import ast
+import random
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,42 @@ def test_package_has_no_unsafe_loads(tmp_path):
     record("drill 4b: static scan", f"torch.load without weights_only=True / pickle loads in container_ssl/: "
                                     f"{len(found)}")
     assert not found, "unsafe deserialisation in the package:\n" + "\n".join(found)
+
+
+@pytest.mark.reliability
+def test_damaged_or_foreign_files_are_not_called_code(tmp_path, capfd):
+    """"Could run code" is kept for a real torch file that names disallowed objects; a file that is not a
+    checkpoint at all, or one cut short, says so (a user then looks for a bad copy, not for malware)."""
+    good = tmp_path / "good.pt"
+    torch.save({"teacher": {"w": torch.zeros(64)}, "epoch": 1}, good)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(64)}, legacy, _use_new_zipfile_serialization=False)
+    files = {
+        "random bytes named checkpoint.pt": (random.Random(2).randbytes(1 << 14), "is not a PyTorch checkpoint"),
+        "a text file": (b"epoch,loss\n1,2.5\n", "is not a PyTorch checkpoint"),
+        "an empty file": (b"", "is empty (0 bytes)"),
+        "a zip checkpoint cut in half": (good.read_bytes()[: good.stat().st_size // 2], "unreadable or truncated"),
+        "a legacy checkpoint cut in half": (legacy.read_bytes()[: legacy.stat().st_size // 2],
+                                            "unreadable or truncated"),
+    }
+    rows = []
+    for kind, (data, expected) in files.items():
+        path = tmp_path / kind.replace(" ", "_") / "checkpoint.pt"
+        path.parent.mkdir()
+        path.write_bytes(data)
+        line = _knn_error(path, tmp_path, capfd)
+        assert expected in line and str(path) in line and "could run code" not in line, line
+        rows.append((kind, short(line.replace(str(tmp_path), "$TMP"), 120)))
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"teacher": {"w": torch.zeros(2)}, "when": __import__("datetime").date(2020, 1, 1)}, unsafe)
+    line = _knn_error(unsafe, tmp_path, capfd)
+    assert "could run code" in line and "datetime.date" in line, line
+    rows.append(("a torch file naming datetime.date", short(line.replace(str(tmp_path), "$TMP"), 120)))
+    record("drill 4c: files that are not checkpoints vs pickles that could run code",
+           table(("file", "knn says"), rows))
+
+
+def _knn_error(path: Path, tmp_path: Path, capfd) -> str:
+    capfd.readouterr()
+    status = cli_main(["knn", "--checkpoint", str(path), "--output-dir", str(tmp_path / "out")])
+    return one_line_error(capfd.readouterr().err, status)
