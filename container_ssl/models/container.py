@@ -18,6 +18,7 @@ Registered models (params with a 1000-class head, GMACs at 224 px with the defau
                            ``dim // 64`` heads (1/2/5/8), i.e. 64-channel heads throughout.
 ``container_light_tiny``   a CPU-friendly CONTAINER-LIGHT for DINO on CIFAR: dims 32/64/128/256, depths
                            1/1/3/1, MLP ratio 4, 8 heads in stage 4.
+``container_tiny``         CONTAINER at container_light_tiny's sizes (``mix`` everywhere, 32-channel heads).
 ``container_light_nano``   the smallest one, for tests: dims 16/32/64/128, depths 1/1/1/1, 4 heads.
 
 The affinity zoo, each family at ``_small`` (Container-Light-S's dims, depths and MLP ratios) and ``_tiny``
@@ -334,7 +335,8 @@ _TINY_HEADS = (1, 2, 4, 8)   # 32-channel heads, as in container_light_tiny's st
 
 default_cfgs = generate_default_cfgs({
     name: _cfg() for name in (
-        "container_light_small", "container_small", "container_light_tiny", "container_light_nano",
+        "container_light_small", "container_small", "container_light_tiny", "container_tiny",
+        "container_light_nano",
         "container_attn_small", "container_attn_tiny", "container_mlp_small", "container_mlp_tiny",
         "container_pam_small", "container_pam_tiny",
     )
@@ -369,6 +371,13 @@ def container_light_tiny(pretrained: bool = False, **kwargs) -> Container:
     """A ~1.8 M-param CONTAINER-LIGHT for DINO on CIFAR on a CPU (pass stem_stride=1 or 2 for 32 px)."""
     model_args = dict(_TINY, affinities=("conv", "conv", "conv", "mix"), num_heads=8)
     return _create_container("container_light_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def container_tiny(pretrained: bool = False, **kwargs) -> Container:
+    """CONTAINER at container_light_tiny's sizes: the attention + conv mix in every stage, 32-channel heads."""
+    model_args = dict(_TINY, affinities="mix", num_heads=_TINY_HEADS)
+    return _create_container("container_tiny", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

@@ -11,7 +11,7 @@ from container_ssl.models import backbone_names, create_backbone, feature_dim
 
 CONTAINERS = ["container_attn_small", "container_attn_tiny", "container_light_nano", "container_light_small",
               "container_light_tiny", "container_mlp_small", "container_mlp_tiny", "container_pam_small",
-              "container_pam_tiny", "container_small"]
+              "container_pam_tiny", "container_small", "container_tiny"]
 
 
 def test_names_and_timm_registration():
