@@ -383,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.read_text())
     print(f"results in {out}")
     if tmp is not None:  # the smoke's runs and data subset are scratch; its results stay in --out (or tmp)
-        for scratch in (runs, tmp / "data"):
+        results_in_tmp = out.resolve().is_relative_to(tmp.resolve())
+        for scratch in (runs, tmp / "data") if results_in_tmp else (tmp,):
             shutil.rmtree(scratch, ignore_errors=True)
     return 0 if all(math.isfinite(top1(r["eval/knn.json"])) for r in study.results["variants"].values()) else 1
 
