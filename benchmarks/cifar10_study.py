@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -52,12 +53,12 @@ def cli(*args: str, log: Path) -> float:
     return time.perf_counter() - t
 
 
-def random_init_checkpoint(cfg_path: str, data: str, folder: Path) -> Path:
-    """The run's teacher before any step (same seed, config and normalisation): the kNN floor."""
+def random_init_checkpoint(cfg_path: str, data: str, folder: Path, overrides: Sequence[str] = ()) -> Path:
+    """The run's teacher before any step (same seed, config, overrides and normalisation): the kNN floor."""
     from container_ssl.config import load_config
     from container_ssl.ssl.trainer import DinoTrainer
 
-    cfg = load_config(ROOT / cfg_path, [f"data.path={data}", f"output_dir={folder}", "data.num_workers=0"])
+    cfg = load_config(ROOT / cfg_path, [*overrides, f"data.path={data}", f"output_dir={folder}", "data.num_workers=0"])
     DinoTrainer(cfg, auto_resume=False).save(0, 0)
     return folder / "checkpoint.pt"
 

@@ -110,6 +110,8 @@ class PretrainConfig:
     checkpoint_every_steps: int = 0               # also refresh checkpoint.pt every N iterations (0 = per epoch only)
     on_nan: str = "stop"                          # stop | skip-step
     max_steps: int = 0                            # stop after this many iterations (0 = run all epochs)
+    max_minutes: float = 0.0                      # wall-time budget: stop (and save) at the first step boundary
+                                                  # after this many minutes of training (0 = no budget)
     channels_last: bool = False
     compile: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -149,9 +151,9 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
 
 # Keys that may differ when a run is resumed: where files live, how fast they load, what is monitored and
 # when it is saved. Everything else shapes the training trajectory, so changing it breaks exact resume.
-RESUME_FREE_KEYS = ("output_dir", "device", "compile", "max_steps", "on_nan", "checkpoint_every_epochs",
-                    "checkpoint_every_steps", "data.path", "data.cache_dir", "data.num_workers",
-                    "data.on_bad_image", "monitor.")
+RESUME_FREE_KEYS = ("output_dir", "device", "compile", "max_steps", "max_minutes", "on_nan",
+                    "checkpoint_every_epochs", "checkpoint_every_steps", "data.path", "data.cache_dir",
+                    "data.num_workers", "data.on_bad_image", "monitor.")
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any],

@@ -18,7 +18,17 @@ Registered models (params with a 1000-class head, GMACs at 224 px with the defau
                            ``dim // 64`` heads (1/2/5/8), i.e. 64-channel heads throughout.
 ``container_light_tiny``   a CPU-friendly CONTAINER-LIGHT for DINO on CIFAR: dims 32/64/128/256, depths
                            1/1/3/1, MLP ratio 4, 8 heads in stage 4.
+``container_tiny``         CONTAINER at container_light_tiny's sizes (``mix`` everywhere, 32-channel heads).
 ``container_light_nano``   the smallest one, for tests: dims 16/32/64/128, depths 1/1/1/1, 4 heads.
+
+The affinity zoo, each family at ``_small`` (Container-Light-S's dims, depths and MLP ratios) and ``_tiny``
+(container_light_tiny's); only the affinity (and the heads it needs) changes:
+
+``container_attn_*``       attention in every stage: a hierarchical DeiT (64- / 32-channel heads).
+``container_mlp_*``        the static dense token affinity in every stage: a hierarchical multi-head MLP-Mixer.
+                           Built for one ``img_size`` (its N x N affinities); other sizes are refused.
+``container_pam_*``        attention + static MLP affinity mixed by a learnt alpha (the paper's CONTAINER-PAM);
+                           fixed ``img_size`` like ``container_mlp``.
 """
 
 from __future__ import annotations
@@ -315,11 +325,21 @@ def _cfg(**kwargs) -> dict:
     }
 
 
+# The zoo: one backbone, different affinities (the paper's "reproduces several past models by changing a
+# few parameters"). Every family comes at Container-Light-S's sizes (``_small``) and at the CPU/CIFAR sizes
+# of container_light_tiny (``_tiny``), so a family comparison changes only the affinity.
+_SMALL = {"dims": (64, 128, 320, 512), "depths": (3, 4, 8, 3), "mlp_ratios": (8, 8, 4, 4)}
+_TINY = {"dims": (32, 64, 128, 256), "depths": (1, 1, 3, 1), "mlp_ratios": 4}
+_SMALL_HEADS = (1, 2, 5, 8)  # 64-channel heads, as in the paper's CONTAINER
+_TINY_HEADS = (1, 2, 4, 8)   # 32-channel heads, as in container_light_tiny's stage 4
+
 default_cfgs = generate_default_cfgs({
-    "container_light_small": _cfg(),
-    "container_small": _cfg(),
-    "container_light_tiny": _cfg(),
-    "container_light_nano": _cfg(),
+    name: _cfg() for name in (
+        "container_light_small", "container_small", "container_light_tiny", "container_tiny",
+        "container_light_nano",
+        "container_attn_small", "container_attn_tiny", "container_mlp_small", "container_mlp_tiny",
+        "container_pam_small", "container_pam_tiny",
+    )
 })
 
 
@@ -335,25 +355,29 @@ def _create_container(variant: str, pretrained: bool = False, **kwargs) -> Conta
 @register_model
 def container_light_small(pretrained: bool = False, **kwargs) -> Container:
     """CONTAINER-LIGHT exactly as released (20,633,643 params, 3.85 GMACs at 224 px)."""
-    model_args = {"dims": (64, 128, 320, 512), "depths": (3, 4, 8, 3), "mlp_ratios": (8, 8, 4, 4),
-                  "affinities": ("conv", "conv", "conv", "mix"), "num_heads": 16}
+    model_args = dict(_SMALL, affinities=("conv", "conv", "conv", "mix"), num_heads=16)
     return _create_container("container_light_small", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def container_small(pretrained: bool = False, **kwargs) -> Container:
     """CONTAINER: attention + conv mixed in every stage, 64-channel heads (1/2/5/8 heads)."""
-    model_args = {"dims": (64, 128, 320, 512), "depths": (3, 4, 8, 3), "mlp_ratios": (8, 8, 4, 4),
-                  "affinities": "mix", "num_heads": (1, 2, 5, 8)}
+    model_args = dict(_SMALL, affinities="mix", num_heads=_SMALL_HEADS)
     return _create_container("container_small", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def container_light_tiny(pretrained: bool = False, **kwargs) -> Container:
     """A ~1.8 M-param CONTAINER-LIGHT for DINO on CIFAR on a CPU (pass stem_stride=1 or 2 for 32 px)."""
-    model_args = {"dims": (32, 64, 128, 256), "depths": (1, 1, 3, 1), "mlp_ratios": 4,
-                  "affinities": ("conv", "conv", "conv", "mix"), "num_heads": 8}
+    model_args = dict(_TINY, affinities=("conv", "conv", "conv", "mix"), num_heads=8)
     return _create_container("container_light_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def container_tiny(pretrained: bool = False, **kwargs) -> Container:
+    """CONTAINER at container_light_tiny's sizes: the attention + conv mix in every stage, 32-channel heads."""
+    model_args = dict(_TINY, affinities="mix", num_heads=_TINY_HEADS)
+    return _create_container("container_tiny", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -362,3 +386,49 @@ def container_light_nano(pretrained: bool = False, **kwargs) -> Container:
     model_args = {"dims": (16, 32, 64, 128), "depths": (1, 1, 1, 1), "mlp_ratios": 4,
                   "affinities": ("conv", "conv", "conv", "mix"), "num_heads": 4}
     return _create_container("container_light_nano", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def container_attn_small(pretrained: bool = False, **kwargs) -> Container:
+    """A hierarchical DeiT: the dynamic (attention) affinity in every stage, 64-channel heads."""
+    model_args = dict(_SMALL, affinities="attention", num_heads=_SMALL_HEADS)
+    return _create_container("container_attn_small", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def container_attn_tiny(pretrained: bool = False, **kwargs) -> Container:
+    """container_attn at container_light_tiny's sizes (32-channel heads), for CIFAR on a CPU."""
+    model_args = dict(_TINY, affinities="attention", num_heads=_TINY_HEADS)
+    return _create_container("container_attn_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def container_mlp_small(pretrained: bool = False, **kwargs) -> Container:
+    """A hierarchical multi-head MLP-Mixer: the static dense token affinity in every stage.
+
+    Its affinities are N x N per block, so the model is built for one ``img_size`` (default 224) and
+    refuses other input sizes with the size it was built for.
+    """
+    model_args = dict(_SMALL, affinities="mlp")
+    return _create_container("container_mlp_small", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def container_mlp_tiny(pretrained: bool = False, **kwargs) -> Container:
+    """container_mlp at container_light_tiny's sizes; pass the CIFAR ``img_size`` (32) it will be fed."""
+    model_args = dict(_TINY, affinities="mlp")
+    return _create_container("container_mlp_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def container_pam_small(pretrained: bool = False, **kwargs) -> Container:
+    """CONTAINER-PAM: attention and the static MLP affinity, mixed by a learnt alpha, in every stage."""
+    model_args = dict(_SMALL, affinities="pam", num_heads=_SMALL_HEADS)
+    return _create_container("container_pam_small", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def container_pam_tiny(pretrained: bool = False, **kwargs) -> Container:
+    """container_pam at container_light_tiny's sizes (fixed ``img_size``, like container_mlp)."""
+    model_args = dict(_TINY, affinities="pam", num_heads=_TINY_HEADS)
+    return _create_container("container_pam_tiny", pretrained, **dict(model_args, **kwargs))

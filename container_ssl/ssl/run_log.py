@@ -70,7 +70,9 @@ class TensorBoard:
 class Progress:
     """Console line: epoch, iteration, loss, images/s (smoothed) and ETA."""
 
-    def __init__(self, total_iterations: int, start_iteration: int, stream=sys.stdout):
+    def __init__(self, total_iterations: int, start_iteration: int, stream=None):
+        # None = the sys.stdout of the moment: a default bound at import would keep writing to whatever
+        # stdout was then (e.g. a redirected, since closed, log file of an earlier in-process run)
         self.total, self.stream = total_iterations, stream
         self.t0, self.it0 = time.perf_counter(), start_iteration
         self.images = 0
@@ -89,7 +91,7 @@ class Progress:
         parts = " ".join(f"{k} {v:.4g}" for k, v in values.items())
         text = (f"epoch {epoch + 1}/{epochs} it {iteration + 1}/{self.total} {parts} "
                 f"img/s {self.images_per_s():.1f} eta {_hms(eta)}")
-        print(text, file=self.stream, flush=True)
+        print(text, file=self.stream or sys.stdout, flush=True)
         return text
 
 

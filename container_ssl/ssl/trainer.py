@@ -30,7 +30,7 @@ from ..checkpoint import load_checkpoint, remove_stale_temps, save_atomic
 from ..config import changed_keys, load_config, to_dict, to_yaml
 from ..data import build_dataset, left_out_record
 from ..errors import UserError
-from ..launch.distributed import DistInfo, init_distributed
+from ..launch.distributed import DistInfo, all_reduce_sum, init_distributed
 from ..models import DINOHead, create_backbone
 from . import optim as dino_optim
 from .ema import update_teacher
@@ -268,6 +268,9 @@ class DinoTrainer:
         self.autocast, self.scaler = amp_context(cfg, info.device)
         self.stats = {"skipped_images": 0, "nan_steps_skipped": 0, "train_time_s": 0.0, "images_seen": 0}
 
+        # the loop's clock, an attribute so the wall-time budget (max_minutes) can be tested without waiting
+        self.clock: Callable[[], float] = time.perf_counter
+        self.budget_reached = False
         self.start_epoch = self.start_batch = 0
         self.resumed_from: Optional[Path] = None
         ckpt_path = Path(resume) if resume else None
@@ -290,27 +293,27 @@ class DinoTrainer:
         cfg, it, stopping = self.cfg, self.start_iteration, False
         max_steps = min(cfg.max_steps or self.total_iters, self.total_iters)
         self.progress = Progress(self.total_iters, it)
-        t_start = time.perf_counter()
+        t_start = self.clock()
         try:
             for epoch in range(self.start_epoch, self.epochs):
-                if it >= max_steps or stopping:
+                if it >= max_steps or stopping or self._over_budget(0.0):
                     break
                 first = self.start_batch if epoch == self.start_epoch else 0
                 self.sampler.set_epoch(epoch, first)
                 self.student.train()
                 self.teacher.train()
-                batch, t0, images = first, time.perf_counter(), 0
+                batch, t0, images = first, self.clock(), 0
                 for views, _, skipped in self.loader:
                     self.stats["skipped_images"] += skipped
                     if views is not None:
                         images += self.train_step(views, epoch, it)
                     batch, it = batch + 1, it + 1
-                    if it >= max_steps or stop_requested():
+                    if it >= max_steps or stop_requested() or self._over_budget(self.clock() - t0):
                         stopping = True
                         break
                     if cfg.checkpoint_every_steps and it % cfg.checkpoint_every_steps == 0 and batch < self.iters:
                         self.save(epoch, batch)
-                dt = time.perf_counter() - t0
+                dt = self.clock() - t0
                 self.stats["train_time_s"] += dt
                 self.stats["images_seen"] += images * self.info.world_size
                 if batch < self.iters:  # stopped inside the epoch
@@ -326,7 +329,22 @@ class DinoTrainer:
             for sink in (self.metrics, self.tb):
                 if sink is not None:
                     sink.close()
-        return self.summary(time.perf_counter() - t_start, finished=it >= self.total_iters)
+        if self.budget_reached and self.info.is_main:
+            print(f"stopped by the wall-time budget (max_minutes={cfg.max_minutes}) at iteration {it} of "
+                  f"{self.total_iters}; {self.out / CHECKPOINT} holds it: run again with a larger max_minutes "
+                  "to continue", flush=True)
+        return self.summary(self.clock() - t_start, finished=it >= self.total_iters, iteration=it)
+
+    def _over_budget(self, epoch_elapsed_s: float) -> bool:
+        """True once the training time (this run's and the resumed runs', monitoring excluded) reaches
+        ``max_minutes``; all ranks agree, so they stop at the same step boundary."""
+        if not self.cfg.max_minutes:
+            return False
+        over = self.stats["train_time_s"] + epoch_elapsed_s >= self.cfg.max_minutes * 60.0
+        if self.info.distributed:
+            over = bool(all_reduce_sum(torch.tensor([float(over)], device=self.info.device)).item() > 0)
+        self.budget_reached = self.budget_reached or over
+        return over
 
     def train_step(self, views: Any, epoch: int, it: int) -> int:
         """One DINO step: teacher on global crops, student on all, loss, backward, clip, step, EMA."""
@@ -479,7 +497,7 @@ class DinoTrainer:
             self.tb.scalars({f"knn/top1_k{k}": top1}, it)
             print(f"epoch {epoch + 1}: online kNN (k={k}) top-1 {top1:.2f}%", flush=True)
 
-    def summary(self, wall_time_s: float, finished: bool) -> dict[str, Any]:
+    def summary(self, wall_time_s: float, finished: bool, iteration: int | None = None) -> dict[str, Any]:
         from ..models.complexity import count_macs
 
         backbone = self.student.backbone
@@ -491,6 +509,8 @@ class DinoTrainer:
             "wall_time_s": wall_time_s, "train_time_s": self.stats["train_time_s"], "finished": finished,
             "world_size": self.info.world_size, "skipped_images": self.stats["skipped_images"],
             "nan_steps_skipped": self.stats["nan_steps_skipped"],
+            "iterations_done": iteration, "epochs_done": None if iteration is None else iteration / self.iters,
+            "budget_reached": self.budget_reached,
         }
         # files the dataset listing left out (not images, symlink loops…), with reasons: data/listing.py
         out["left_out_files"] = left_out_record(self.loader.dataset.dataset)

@@ -123,6 +123,43 @@ def test_mixed_affinity_is_sigmoid_weighted_sum_on_shared_v(kind):
     assert mixer.mix_logit.grad is not None and mixer.mix_logit.grad.abs().item() > 0
 
 
+def _reference_mixer(mixer, x):
+    """The mixer's output rebuilt from independent torch modules holding its weights, per affinity kind."""
+    alpha = torch.sigmoid(mixer.mix_logit.detach()) if mixer.affinity in ("mix", "pam") else None
+    if mixer.affinity == "attention":
+        return _attend(_mha_from(mixer), x)
+    proj = _conv1x1_from(mixer.proj.weight, mixer.proj.bias)
+    if mixer.affinity in ("conv", "mlp"):
+        v = _conv1x1_from(mixer.v.weight, mixer.v.bias)(x)
+    else:
+        v = _conv1x1_from(mixer.qkv.weight[2 * C:], mixer.qkv.bias[2 * C:])(x)
+    static = _dwconv_from(mixer.static_conv)(v) if mixer.affinity in ("conv", "mix") else \
+        _over_tokens(_token_linear_from(mixer.static_mlp), v)
+    if alpha is None:
+        return proj(static)
+    return proj(alpha * _attend(_mha_from(mixer, with_proj=False), x) + (1 - alpha) * static)
+
+
+@pytest.mark.parametrize("kind", ["mix", "pam"])
+@pytest.mark.parametrize("logit, special_case", [(40.0, "attention"), (-40.0, "static")])
+def test_mixed_affinity_reduces_to_its_special_cases(kind, logit, special_case):
+    """alpha = 1 is plain multi-head attention; alpha = 0 is the static affinity alone (conv or token MLP)."""
+    kwargs = {"num_tokens": N} if kind == "pam" else {}
+    mixer = AffinityMixer(C, kind, num_heads=HEADS, **kwargs).double()
+    _randomise(mixer)
+    with torch.no_grad():
+        mixer.mix_logit.fill_(logit)
+    x = _x()
+    if special_case == "attention":
+        expected = _attend(_mha_from(mixer), x)
+    else:
+        v = _conv1x1_from(mixer.qkv.weight[2 * C:], mixer.qkv.bias[2 * C:])(x)
+        static = _dwconv_from(mixer.static_conv)(v) if kind == "mix" else \
+            _over_tokens(_token_linear_from(mixer.static_mlp), v)
+        expected = _conv1x1_from(mixer.proj.weight, mixer.proj.bias)(static)
+    torch.testing.assert_close(mixer(x), expected, atol=ATOL, rtol=0)
+
+
 def test_mix_logit_starts_at_half():
     mixer = AffinityMixer(C, "mix", num_heads=HEADS)
     assert mixer.mix_logit.shape == (1,)
@@ -144,6 +181,22 @@ def test_mlp_wrong_token_count_names_the_needed_size():
 def test_bad_construction_is_a_user_error(kwargs, match):
     with pytest.raises(UserError, match=match):
         AffinityMixer(C, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["attention", "conv", "mlp", "mix", "pam"])
+def test_block_of_each_kind_matches_the_independent_reference(kind):
+    """The whole block, with its token mixing recomputed by the kind's reference (MHA, depthwise conv, ...)."""
+    block = ContainerBlock(C, kind, mlp_ratio=2, num_heads=HEADS, num_tokens=N, grid=(H, W)).double().eval()
+    _randomise(block)
+    if kind in ("mix", "pam"):
+        with torch.no_grad():
+            block.mixer.mix_logit.fill_(-0.6)
+    x = _x()
+    y = x + block.pos_embed(x)
+    y = y + _reference_mixer(block.mixer, block.norm1(y))
+    fc1, fc2 = block.mlp.fc1, block.mlp.fc2
+    y = y + _conv1x1_from(fc2.weight, fc2.bias)(nn.functional.gelu(_conv1x1_from(fc1.weight, fc1.bias)(block.norm2(y))))
+    torch.testing.assert_close(block(x), y, atol=ATOL, rtol=0)
 
 
 def test_block_is_positional_conv_plus_residual_mixer_and_mlp():

@@ -9,7 +9,9 @@ from container_ssl.cli import main
 from container_ssl.errors import UserError
 from container_ssl.models import backbone_names, create_backbone, feature_dim
 
-CONTAINERS = ["container_light_nano", "container_light_small", "container_light_tiny", "container_small"]
+CONTAINERS = ["container_attn_small", "container_attn_tiny", "container_light_nano", "container_light_small",
+              "container_light_tiny", "container_mlp_small", "container_mlp_tiny", "container_pam_small",
+              "container_pam_tiny", "container_small", "container_tiny"]
 
 
 def test_names_and_timm_registration():
@@ -57,7 +59,7 @@ def test_models_cli_markdown(capsys):
     out = capsys.readouterr().out
     assert "| model | params (M) | GMACs | stem/patch | feature dim |" in out
     rows = [line for line in out.splitlines() if line.startswith(("| container", "| deit"))]
-    assert len(rows) == 6 and all(" | 1 | " in r for r in rows)
+    assert len(rows) == len(CONTAINERS) + 2 and all(" | 1 | " in r for r in rows)
 
 
 def test_models_cli_bad_size_is_one_line_error(capsys):

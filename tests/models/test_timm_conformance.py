@@ -19,11 +19,11 @@ from container_ssl.models.factory import container_names
 
 CONTAINERS = container_names()
 ALL = backbone_names()
-LIGHT = ["container_light_nano", "container_light_tiny", "deit_tiny"]
+LIGHT = ["container_light_nano", "deit_tiny"] + [n for n in CONTAINERS if n.endswith("_tiny")]
 HEAVY = [name for name in ALL if name not in LIGHT]
 # (name, img_size, patch/stem stride): default stems, and the CIFAR setting for the small ones
 CASES = ([(name, 64, None) for name in LIGHT] + [(name, 32, None) for name in HEAVY]
-         + [("container_light_nano", 32, 1), ("container_light_tiny", 32, 1)])
+         + [("container_light_nano", 32, 1)] + [(name, 32, 1) for name in CONTAINERS if name.endswith("_tiny")])
 CASE_IDS = [f"{n}-{s}px" + (f"-stem{p}" if p else "") for n, s, p in CASES]
 
 
@@ -48,7 +48,8 @@ def test_forward_backward(name, size, stride):
 
 @pytest.mark.parametrize("name", ALL)
 def test_default_cfg_and_classifier_reset(name):
-    model = create_backbone(name, num_classes=1000).eval()
+    # img_size = the input size: the fixed-size (mlp / pam) families need it, the others ignore it
+    model = create_backbone(name, num_classes=1000, img_size=32).eval()
     cfg = model.pretrained_cfg
     assert cfg["input_size"] == (3, 224, 224) and cfg["num_classes"] == model.num_classes == 1000
     first_conv = model.get_submodule(cfg["first_conv"])
@@ -68,7 +69,7 @@ def test_default_cfg_and_classifier_reset(name):
 
 @pytest.mark.parametrize("name", LIGHT + ["container_light_small"])
 def test_grad_checkpointing_is_equivalent(name):
-    model = create_backbone(name, num_classes=0).eval()
+    model = create_backbone(name, num_classes=0, img_size=32).eval()
     x = _x(32)
     expected = model(x)
     model.set_grad_checkpointing(True)
@@ -88,9 +89,10 @@ def test_grad_checkpointing_gives_same_gradients():
 
 
 @pytest.mark.parametrize("name, size", [("container_light_nano", 64), ("container_light_tiny", 64),
-                                        ("container_small", 32)])
+                                        ("container_small", 32), ("container_attn_tiny", 64),
+                                        ("container_mlp_tiny", 64), ("container_pam_tiny", 64)])
 def test_forward_intermediates_and_features_only(name, size):
-    model = timm.create_model(name).eval()
+    model = timm.create_model(name, img_size=size).eval()
     x = _x(size)
     with torch.no_grad():
         final, feats = model.forward_intermediates(x)
@@ -100,7 +102,7 @@ def test_forward_intermediates_and_features_only(name, size):
         torch.testing.assert_close(final, model.forward_features(x))
         last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
         torch.testing.assert_close(last_two[1], feats[3])
-        features = timm.create_model(name, features_only=True).eval()
+        features = timm.create_model(name, features_only=True, img_size=size).eval()
         maps = features(x)
     assert [m.shape[1] for m in maps] == features.feature_info.channels() == [i["num_chs"] for i in model.feature_info]
     assert features.feature_info.reduction() == [4, 8, 16, 32]

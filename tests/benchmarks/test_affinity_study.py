@@ -1,0 +1,113 @@
+"""benchmarks/affinity_study.py: the schedule fitted to a wall-time budget, the alpha read-out, and the whole
+pipeline end to end in its ``--smoke`` mode (two variants, and lightly's peer when lightly is installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from container_ssl.checkpoint import save_atomic
+from container_ssl.models import create_backbone
+from container_ssl.ssl.run_log import Progress
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _study():
+    spec = importlib.util.spec_from_file_location("affinity_study", REPO / "benchmarks" / "affinity_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_schedule_by_hand():
+    fit = _study().fit_schedule
+    # 200 img/s x 15 min x 0.9 = 162,000 images = 3 full epochs of 50,000
+    assert fit(200.0, 15, 50_000, 64) == (3, 0)
+    # 100 img/s x 10 min x 0.9 = 54,000 images: under two epochs, so two epochs of a 27,000-image subset
+    assert fit(100.0, 10, 50_000, 64) == (2, 27_000)
+    # 1 img/s x 6 s x 0.9 = 5.4 images: never below one batch
+    assert fit(1.0, 0.1, 50_000, 64) == (2, 64)
+    with pytest.raises(ValueError, match="positive"):
+        fit(0.0, 15, 50_000)
+
+
+def test_mix_alphas_are_the_sigmoid_of_the_teachers_logits(tmp_path):
+    logits = {"backbone.stages.0.blocks.0.mixer.mix_logit": 0.3, "backbone.stages.2.blocks.1.mixer.mix_logit": -1.2,
+              "backbone.stages.2.blocks.0.mixer.mix_logit": 2.0}
+    teacher = {k: torch.tensor([v]) for k, v in logits.items()}
+    teacher["backbone.stages.0.blocks.0.mixer.proj.weight"] = torch.zeros(2, 2)
+    student = {k: torch.zeros_like(v) for k, v in teacher.items()}  # only the teacher's are reported
+    save_atomic({"teacher": teacher, "student": student}, tmp_path / "checkpoint.pt")
+    sig = [1 / (1 + math.exp(-v)) for v in (0.3, 2.0, -1.2)]
+    alphas = _study().mix_alphas(tmp_path / "checkpoint.pt")
+    assert alphas.keys() == {"stage1", "stage3"}
+    assert alphas["stage1"] == pytest.approx([sig[0]], abs=1e-4)
+    assert alphas["stage3"] == pytest.approx(sig[1:], abs=1e-4)  # blocks in order
+
+
+def test_progress_line_goes_to_the_stdout_of_the_moment(monkeypatch):
+    """The study runs commands in-process with stdout redirected per run; progress must follow the redirect."""
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buf)
+    Progress(10, 0).line(0, 1, 0, {"loss": 1.0})
+    assert "it 1/10" in buf.getvalue()
+
+
+def _stopped_as_planned(summary: dict, steps: int) -> bool:
+    """The smoke's step cap, or earlier by its (12-s) budget on a slow or busy machine."""
+    done = summary["iterations_done"]
+    return done == steps or (1 <= done < steps and summary["budget_reached"])
+
+
+def _blocks_per_stage(name: str) -> list[int]:
+    model = create_backbone(name, img_size=32, patch_size=2)
+    return [len(stage.blocks) for stage in model.stages]
+
+
+@pytest.mark.slow
+def test_smoke_runs_the_whole_pipeline_for_two_variants(cifar10_small, tmp_path):
+    study = _study()
+    with_peer = importlib.util.find_spec("lightly") is not None
+    out = tmp_path / "out"
+    argv = ["--smoke", "--data", str(cifar10_small), "--models", "container_light_tiny", "container_pam_tiny",
+            "--out", str(out)] + ([] if with_peer else ["--no-peer"])
+    assert study.main(argv) == 0
+
+    results = json.loads((out / "study.json").read_text())
+    assert list(results["variants"]) == ["container_light_tiny", "container_pam_tiny"]
+    for name, r in results["variants"].items():
+        s = r["summary.json"]
+        assert s["model"] == name and _stopped_as_planned(s, study.SMOKE["steps"])
+        assert r["plan"]["epochs"] >= 2 and r["plan"]["calibration_images_per_s"] > 0
+        for key in ("eval/knn.json", "eval_random/knn.json"):
+            assert 0.0 <= study.top1(r[key]) <= 100.0 and r[key]["val"]["images"] == study.SMOKE["val"]
+        assert 0.0 <= r["eval/linear.json"]["top1"] <= 100.0 and 0.0 <= r["eval/finetune_0.1.json"]["top1"] <= 100.0
+        assert r["gmacs_32px"] > 0
+        assert (out / name / "eval" / "knn.json").is_file() and (out / name / "config.yaml").is_file()
+    # the fixed-size family trained with its local crops at the global size
+    assert "aug.local_size=32" in results["variants"]["container_pam_tiny"]["plan"]["final_overrides"]
+    # one alpha per mixed block: stage 4 only for Container-Light, every block for PAM
+    light = results["variants"]["container_light_tiny"]["alphas"]
+    assert {s: len(a) for s, a in light.items()} == {"stage4": _blocks_per_stage("container_light_tiny")[3]}
+    pam = results["variants"]["container_pam_tiny"]["alphas"]
+    assert [len(pam[f"stage{i + 1}"]) for i in range(4)] == _blocks_per_stage("container_pam_tiny")
+    assert all(0.0 < a < 1.0 for v in pam.values() for a in v)
+
+    report = (out / "report.md").read_text()
+    assert "| container_pam_tiny |" in report and "| container_light_tiny |" in report
+    assert (out / "knn_vs_gmacs.png").is_file() and (out / "knn_vs_time.png").is_file()
+    if with_peer:
+        peer = results["peer"]
+        ours, theirs = study.top1(peer["ours"]["knn"]), study.top1(peer["lightly"]["knn"])
+        assert peer["knn20_diff_points"] == pytest.approx(ours - theirs)
+        assert _stopped_as_planned(peer["lightly"], study.SMOKE["steps"])
+        assert peer["lightly"]["knn"]["val"]["images"] == study.SMOKE["val"]
+        assert f"{peer['knn20_diff_points']:+.2f} kNN@20 points" in report
