@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     summary = pretrain(cfg, resume=args.resume, auto_resume=not args.no_resume,
                        allow_data_change=args.allow_data_change)
-    stopped = summary.get("stopped_by")
+    stopped = (summary or {}).get("stopped_by")
     if stopped:  # not finished: a non-zero status (128 + the signal), and where to go on from
         ckpt = Path(cfg.output_dir) / CHECKPOINT
         where = (f"checkpoint written to {ckpt}; run the same command again to resume" if ckpt.is_file()
@@ -331,7 +331,7 @@ class DinoTrainer:
 
     # ------------------------------------------------------------------------------------------ loop
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-        cfg, it, stopping = self.cfg, self.start_iteration, False
+        cfg, it, stopping, interrupted = self.cfg, self.start_iteration, False, False
         max_steps = min(cfg.max_steps or self.total_iters, self.total_iters)
         self.progress = Progress(self.total_iters, it)
         t_start = time.perf_counter()
@@ -339,7 +339,10 @@ class DinoTrainer:
         try:
             with StopSignals() as signals:
                 for epoch in range(self.start_epoch, self.epochs):
-                    if it >= max_steps or stopping or self._signal_stop(signals):
+                    if it >= max_steps or stopping:
+                        break
+                    if self._signal_stop(signals):
+                        interrupted = True
                         break
                     first = self.start_batch if epoch == self.start_epoch else 0
                     self.sampler.set_epoch(epoch, first)
@@ -353,8 +356,11 @@ class DinoTrainer:
                         if views is not None:
                             images += self.train_step(views, epoch, it)
                         batch, it = batch + 1, it + 1
-                        if it >= max_steps or self._signal_stop(signals) or stop_requested():
+                        if it >= max_steps:
                             stopping = True
+                            break
+                        if self._signal_stop(signals) or stop_requested():  # to be continued: not judged yet
+                            stopping = interrupted = True
                             break
                         if cfg.checkpoint_every_steps and it % cfg.checkpoint_every_steps == 0 and batch < self.iters:
                             self.save(epoch, batch)
@@ -376,7 +382,7 @@ class DinoTrainer:
                                "nan_steps_skipped": self.stats["nan_steps_skipped"]})
                     self.monitor(epoch, it - 1)
                     self.save(epoch + 1, 0, periodic=_periodic(epoch, cfg, self.epochs))
-            if self.stopped_by is None and it > self.start_iteration:
+            if not interrupted and it > self.start_iteration:
                 self._check_learned(it, trained)
         except LearnedNothing as e:
             self.failure = str(e)
