@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from container_ssl.config import MAX_CONFIG_BYTES, MAX_CONFIG_NODES, PretrainConfig, load_config, validate
+from container_ssl.config import (
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_NODES,
+    PretrainConfig,
+    load_config,
+    validate,
+)
 from container_ssl.errors import UserError
 
 # (override, key the message must name, text it must contain)
