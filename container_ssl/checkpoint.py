@@ -24,9 +24,11 @@ __all__ = ["load_checkpoint", "remove_stale_temps", "save_atomic", "strip_prefix
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """Save ``obj`` with ``torch.save`` to ``path`` atomically (temp file + fsync + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = ""
     try:
+        # inside the try: a folder that became unwritable (or full) mid-run fails here, before any byte is written
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -140,6 +142,8 @@ def strip_prefixes(state_dict: dict, prefixes: tuple[str, ...] = ("module.", "ba
 
 
 def _remove_quietly(path: str) -> None:
+    if not path:
+        return
     try:
         os.unlink(path)
     except OSError:

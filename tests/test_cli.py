@@ -39,6 +39,7 @@ def test_overrides_may_follow_options(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(trainer, "pretrain", lambda cfg, **kw: seen.update(cfg=cfg, **kw))
-    assert main(["pretrain", "optim.epochs=3", "--no-resume", "seed=5", "--output-dir", "x"]) == 0
+    assert main(["pretrain", "optim.epochs=3", "--no-resume", "seed=5", "optim.warmup_epochs=1",
+                 "--output-dir", "x"]) == 0
     cfg = seen["cfg"]
     assert (cfg.optim.epochs, cfg.seed, cfg.output_dir, seen["auto_resume"]) == (3, 5, "x", False)

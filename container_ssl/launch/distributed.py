@@ -10,8 +10,11 @@ with a finite timeout so a dead peer ends the others instead of hanging them; ab
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Self
 
 import torch
 import torch.distributed as dist
@@ -69,6 +72,80 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest ``value`` over all ranks (a MAX all-reduce; ``value`` itself outside DDP).
+
+    Why: a decision one rank makes alone (a signal it caught) must be taken by every rank at the same step,
+    or the others block in the next collective.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM ask the training loop to stop at the next step boundary.
+
+    Why: by default SIGINT raises KeyboardInterrupt wherever the loop happens to be and SIGTERM ends the
+    process at once, so every step since the last save (up to an epoch) is lost. Inside this context the
+    handler only records the signal; the trainer polls :attr:`received` after every step (all ranks agree
+    through :func:`max_over_ranks`), writes ``checkpoint.pt`` at that boundary and exits 128 + the signal number.
+    A second signal aborts at once (KeyboardInterrupt for SIGINT, the default action for SIGTERM).
+
+    Only signals that still have Python's default disposition are taken over: a launcher that installed
+    its own handler (submitit bypasses SIGTERM so that its USR2 requeue can finish) keeps it. DataLoader
+    workers are forked with this handler and ignore the signal (a terminal's Ctrl-C reaches its whole
+    process group): the training process stops them cleanly once it has saved.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._pid = os.getpid()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be installed from the main thread
+        self._pid = os.getpid()
+        for signum in self.SIGNALS:
+            current = signal.getsignal(signum)
+            default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+            if current is default:
+                self._previous[signum] = current
+                signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker: the training process decides
+            return
+        if self.received is not None:  # the second one: abort at once
+            self.__exit__()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signal.Signals(signum)
+        # os.write, not print: the handler may interrupt a print to the same buffered stream (re-entry error)
+        _write_stderr(f"caught {self.received.name}: stopping after the current step to write the "
+                      "checkpoint (send it again to abort at once)\n")
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass
 
 
 def cleanup() -> None:

@@ -4,15 +4,26 @@ Why one function (:func:`pretrain`) with a config object: the same code path run
 under torchrun and inside a submitit SLURM job (see :mod:`container_ssl.launch.distributed`), and the
 resolved config saved next to the run is all that is needed to repeat it. Everything the loop needs to
 continue exactly (weights, optimiser, scaler, loss centre, position in the epoch, every RNG state) goes
-into ``checkpoint.pt``; a run started on a folder that holds one resumes from it.
+into ``checkpoint.pt``; a run started on a folder that holds one resumes from it, on the same data only
+(the checkpoint records the training set's image count and a digest of its file list).
+
+A run that learned nothing does not report success. It stops with a one-line error, ``finished: false`` and
+the reason in ``summary.json`` when (1) an epoch trained zero samples (every image unreadable, or every step
+skipped for a non-finite loss): the epoch's checkpoint is not written; (2) more than half of the steps run so
+far were skipped by ``--on-nan skip-step``: checked when the loop ends; (3) the weights about to be saved
+are not finite: the previous checkpoint stays. Ctrl-C (SIGINT) and SIGTERM stop at the next step
+boundary, write ``checkpoint.pt`` there and exit 130 / 143 (a second signal aborts at once).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
+import signal
+import sys
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -30,7 +41,13 @@ from ..checkpoint import load_checkpoint, remove_stale_temps, save_atomic
 from ..config import changed_keys, load_config, to_dict, to_yaml
 from ..data import build_dataset, left_out_record
 from ..errors import UserError
-from ..launch.distributed import DistInfo, all_reduce_sum, init_distributed
+from ..launch.distributed import (
+    DistInfo,
+    StopSignals,
+    all_reduce_sum,
+    init_distributed,
+    max_over_ranks,
+)
 from ..models import DINOHead, create_backbone
 from . import optim as dino_optim
 from .ema import update_teacher
@@ -50,6 +67,13 @@ class NonFiniteLoss(UserError):
     """The loss became NaN/inf; the message gives the step, the loss terms and the last good checkpoint."""
 
 
+class LearnedNothing(UserError):
+    """The run trained no samples in an epoch, skipped most steps, or ended with non-finite weights."""
+
+
+MAX_SKIPPED_FRACTION = 0.5  # more than half of the steps skipped for a non-finite loss: the run failed
+
+
 # --------------------------------------------------------------------------------------------- CLI
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file from configs/pretrain/ (keys: container_ssl/config.py)")
@@ -61,6 +85,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUTPUT_DIR has a checkpoint")
     p.add_argument("--on-nan", choices=["stop", "skip-step"],
                    help="non-finite loss: stop with the step number (default) or skip that step and count it")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="resume although the training set differs from the checkpoint's (the run is no longer exact)")
 
 
 def config_from_args(args: argparse.Namespace) -> DictConfig:
@@ -75,7 +101,16 @@ def config_from_args(args: argparse.Namespace) -> DictConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    pretrain(cfg, resume=args.resume, auto_resume=not args.no_resume)
+    summary = pretrain(cfg, resume=args.resume, auto_resume=not args.no_resume,
+                       allow_data_change=args.allow_data_change)
+    stopped = (summary or {}).get("stopped_by")
+    if stopped:  # not finished: a non-zero status (128 + the signal), and where to go on from
+        ckpt = Path(cfg.output_dir) / CHECKPOINT
+        where = (f"checkpoint written to {ckpt}; run the same command again to resume" if ckpt.is_file()
+                 else "no step was trained, no checkpoint written")
+        print(f"stopped by {stopped} after iteration {summary['iteration']} of {summary['iterations']}: {where}",
+              file=sys.stderr, flush=True)
+        return 128 + int(signal.Signals[stopped])
     return 0
 
 
@@ -180,10 +215,13 @@ def check_output_dir(path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- loop
 def pretrain(cfg: DictConfig, resume: Optional[str] = None, auto_resume: bool = True,
-             stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-    """Run (or continue) DINO pretraining as described by ``cfg``; returns the run summary."""
+             stop_requested: Callable[[], bool] = lambda: False, allow_data_change: bool = False) -> dict[str, Any]:
+    """Run (or continue) DINO pretraining as described by ``cfg``; returns the run summary.
+
+    ``summary["stopped_by"]`` names the signal (SIGINT/SIGTERM) when one stopped the run at a step boundary.
+    """
     try:
-        trainer = DinoTrainer(cfg, resume=resume, auto_resume=auto_resume)
+        trainer = DinoTrainer(cfg, resume=resume, auto_resume=auto_resume, allow_data_change=allow_data_change)
         return trainer.train(stop_requested)
     except RuntimeError as e:
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not _peer_failure(e):
@@ -216,10 +254,13 @@ def _first_line(e: BaseException) -> str:
 class DinoTrainer:
     """Holds the student, teacher, optimiser, loss and schedules of one run, and runs its loop."""
 
-    def __init__(self, cfg: DictConfig, resume: Optional[str] = None, auto_resume: bool = True):
+    def __init__(self, cfg: DictConfig, resume: Optional[str] = None, auto_resume: bool = True,
+                 allow_data_change: bool = False):
         self.cfg = cfg
-        self.info = info = init_distributed(cfg.device)
+        self.allow_data_change = allow_data_change
         self.out = out = Path(cfg.output_dir)
+        check_not_inside_data(out, cfg.data.path)
+        self.info = info = init_distributed(cfg.device)
         if info.is_main:
             check_output_dir(out)
             remove_stale_temps(out)
@@ -247,6 +288,7 @@ class DinoTrainer:
             self.teacher.load_state_dict(self.student.state_dict())
 
         self.loader, self.sampler, self.gpu_aug = build_loader(cfg, info)
+        self.data_fingerprint = data_fingerprint(self.loader.dataset.dataset)
         tip = cpu_thread_tip(info.device, cfg.aug.backend, cfg.data.num_workers, os.environ)
         if tip and info.is_main:
             print(tip, flush=True)
@@ -267,6 +309,8 @@ class DinoTrainer:
                                 lc.center_momentum).to(info.device)
         self.autocast, self.scaler = amp_context(cfg, info.device)
         self.stats = {"skipped_images": 0, "nan_steps_skipped": 0, "train_time_s": 0.0, "images_seen": 0}
+        self.failure: str | None = None
+        self.stopped_by: str | None = None
 
         # the loop's clock, an attribute so the wall-time budget (max_minutes) can be tested without waiting
         self.clock: Callable[[], float] = time.perf_counter
@@ -290,41 +334,63 @@ class DinoTrainer:
 
     # ------------------------------------------------------------------------------------------ loop
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-        cfg, it, stopping = self.cfg, self.start_iteration, False
+        cfg, it, stopping, interrupted = self.cfg, self.start_iteration, False, False
         max_steps = min(cfg.max_steps or self.total_iters, self.total_iters)
         self.progress = Progress(self.total_iters, it)
         t_start = self.clock()
+        trained = 0  # samples trained by this invocation, all ranks
         try:
-            for epoch in range(self.start_epoch, self.epochs):
-                if it >= max_steps or stopping or self._over_budget(0.0):
-                    break
-                first = self.start_batch if epoch == self.start_epoch else 0
-                self.sampler.set_epoch(epoch, first)
-                self.student.train()
-                self.teacher.train()
-                batch, t0, images = first, self.clock(), 0
-                for views, _, skipped in self.loader:
-                    self.stats["skipped_images"] += skipped
-                    if views is not None:
-                        images += self.train_step(views, epoch, it)
-                    batch, it = batch + 1, it + 1
-                    if it >= max_steps or stop_requested() or self._over_budget(self.clock() - t0):
-                        stopping = True
+            with StopSignals() as signals:
+                for epoch in range(self.start_epoch, self.epochs):
+                    if it >= max_steps or stopping or self._over_budget(0.0):
                         break
-                    if cfg.checkpoint_every_steps and it % cfg.checkpoint_every_steps == 0 and batch < self.iters:
+                    if self._signal_stop(signals):
+                        interrupted = True
+                        break
+                    first = self.start_batch if epoch == self.start_epoch else 0
+                    self.sampler.set_epoch(epoch, first)
+                    self.student.train()
+                    self.teacher.train()
+                    batch, t0, images, unreadable = first, self.clock(), 0, 0
+                    nan_before = self.stats["nan_steps_skipped"]
+                    for views, _, skipped in self.loader:
+                        self.stats["skipped_images"] += skipped
+                        unreadable += skipped
+                        if views is not None:
+                            images += self.train_step(views, epoch, it)
+                        batch, it = batch + 1, it + 1
+                        if it >= max_steps or self._over_budget(self.clock() - t0):
+                            stopping = True
+                            break
+                        if self._signal_stop(signals) or stop_requested():  # to be continued: not judged yet
+                            stopping = interrupted = True
+                            break
+                        if cfg.checkpoint_every_steps and it % cfg.checkpoint_every_steps == 0 and batch < self.iters:
+                            self.save(epoch, batch)
+                    dt = self.clock() - t0
+                    self.stats["train_time_s"] += dt
+                    self.stats["images_seen"] += images * self.info.world_size
+                    counts = all_reduce_sum(torch.tensor([images, unreadable], dtype=torch.int64,
+                                                         device=self.info.device)).tolist()
+                    trained += counts[0]
+                    if batch == self.iters and counts[0] == 0:  # a whole epoch (or its resumed rest) trained nothing
+                        self._fail(self._nothing_trained(epoch, first, counts[1],
+                                                         self.stats["nan_steps_skipped"] - nan_before))
+                    if batch < self.iters:  # stopped inside the epoch
                         self.save(epoch, batch)
-                dt = self.clock() - t0
-                self.stats["train_time_s"] += dt
-                self.stats["images_seen"] += images * self.info.world_size
-                if batch < self.iters:  # stopped inside the epoch
-                    self.save(epoch, batch)
-                    break
-                self._log({"type": "epoch", "epoch": epoch, "iteration": it - 1,
-                           "images_per_s": images * self.info.world_size / max(dt, 1e-9), "epoch_time_s": dt,
-                           "skipped_images": self.stats["skipped_images"],
-                           "nan_steps_skipped": self.stats["nan_steps_skipped"]})
-                self.monitor(epoch, it - 1)
-                self.save(epoch + 1, 0, periodic=_periodic(epoch, cfg, self.epochs))
+                        break
+                    self._log({"type": "epoch", "epoch": epoch, "iteration": it - 1,
+                               "images_per_s": images * self.info.world_size / max(dt, 1e-9), "epoch_time_s": dt,
+                               "skipped_images": self.stats["skipped_images"],
+                               "nan_steps_skipped": self.stats["nan_steps_skipped"]})
+                    self.monitor(epoch, it - 1)
+                    self.save(epoch + 1, 0, periodic=_periodic(epoch, cfg, self.epochs))
+            if not interrupted and it > self.start_iteration:
+                self._check_learned(it, trained)
+        except LearnedNothing as e:
+            self.failure = str(e)
+            self.summary(self.clock() - t_start, finished=False, iteration=it)
+            raise
         finally:
             for sink in (self.metrics, self.tb):
                 if sink is not None:
@@ -333,18 +399,42 @@ class DinoTrainer:
             print(f"stopped by the wall-time budget (max_minutes={cfg.max_minutes}) at iteration {it} of "
                   f"{self.total_iters}; {self.out / CHECKPOINT} holds it: run again with a larger max_minutes "
                   "to continue", flush=True)
+        if it >= self.total_iters:
+            self.stopped_by = None  # the signal came during the last step: the run is complete all the same
         return self.summary(self.clock() - t_start, finished=it >= self.total_iters, iteration=it)
 
-    def _over_budget(self, epoch_elapsed_s: float) -> bool:
-        """True once the training time (this run's and the resumed runs', monitoring excluded) reaches
-        ``max_minutes``; all ranks agree, so they stop at the same step boundary."""
-        if not self.cfg.max_minutes:
-            return False
-        over = self.stats["train_time_s"] + epoch_elapsed_s >= self.cfg.max_minutes * 60.0
-        if self.info.distributed:
-            over = bool(all_reduce_sum(torch.tensor([float(over)], device=self.info.device)).item() > 0)
-        self.budget_reached = self.budget_reached or over
-        return over
+    # ------------------------------------------------------------------------- stopping and failing
+    def _signal_stop(self, signals: StopSignals) -> bool:
+        """True on every rank once any rank caught SIGINT/SIGTERM (all stop at this step boundary)."""
+        signum = max_over_ranks(int(signals.received or 0), self.info.device)
+        if signum:
+            self.stopped_by = signal.Signals(signum).name
+        return bool(signum)
+
+    def _fail(self, reason: str) -> None:
+        raise LearnedNothing(f"{reason}; summary.json says finished: false")
+
+    def _nothing_trained(self, epoch: int, first: int, unreadable: int, nan_skipped: int) -> str:
+        images, steps = len(self.loader.dataset), self.iters - first
+        where = f"the rest of epoch {epoch + 1}" if first else f"epoch {epoch + 1}"
+        if unreadable and not nan_skipped:
+            return (f"all {unreadable} images of {where} were unreadable ({images} in the training set, "
+                    f"{self.cfg.data.path}); nothing was trained: fix the data, or run with "
+                    "data.on_bad_image=error to stop at the first bad file")
+        return (f"{where} trained no samples: {nan_skipped} of {steps} steps skipped for a non-finite loss"
+                f"{f', {unreadable} images unreadable' if unreadable else ''}; nothing was trained: "
+                "lower optim.base_lr or check the data")
+
+    def _check_learned(self, it: int, trained: int) -> None:
+        """Rules (1) and (2) of the module docstring over everything this run has done when its loop ends."""
+        if trained == 0:
+            self._fail(f"no sample was trained in the {it - self.start_iteration} step(s) this run made "
+                       f"(skipped images: {self.stats['skipped_images']}, skipped steps: "
+                       f"{self.stats['nan_steps_skipped']})")
+        skipped = self.stats["nan_steps_skipped"]
+        if skipped > MAX_SKIPPED_FRACTION * it:
+            self._fail(f"{skipped} of {it} steps skipped for a non-finite loss (more than "
+                       f"{MAX_SKIPPED_FRACTION:.0%}); the run did not train: lower optim.base_lr or check the data")
 
     def train_step(self, views: Any, epoch: int, it: int) -> int:
         """One DINO step: teacher on global crops, student on all, loss, backward, clip, step, EMA."""
@@ -424,6 +514,13 @@ class DinoTrainer:
         """Write ``checkpoint.pt`` (and ``checkpoint_XXXX.pt`` when periodic) atomically, from rank 0."""
         if epoch >= self.epochs:
             epoch, batch_in_epoch = self.epochs, 0
+        # rule (3): every rank holds the same parameters, so every rank takes this decision alike
+        bad = _non_finite_parameters(student=self.student, teacher=self.teacher)
+        if bad:
+            ckpt = self.out / CHECKPOINT
+            kept = f"the last checkpoint {ckpt} is unchanged" if ckpt.is_file() else "no checkpoint was written"
+            self._fail(f"{len(bad)} weight tensor(s) became non-finite by iteration {epoch * self.iters + batch_in_epoch}"
+                       f" (e.g. {bad[0]}); not saved, {kept}; lower optim.base_lr or check the data")
         rng = gather_rng_states()
         if not self.info.is_main:
             return
@@ -432,7 +529,7 @@ class DinoTrainer:
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
             "loss": self.loss_fn.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "iteration": epoch * self.iters + batch_in_epoch, "rng": rng, "world_size": self.info.world_size,
-            "stats": dict(self.stats),
+            "stats": dict(self.stats), "data": dict(self.data_fingerprint),
         }
         save_atomic(state, self.out / CHECKPOINT)
         if periodic:
@@ -449,12 +546,34 @@ class DinoTrainer:
             raise UserError(f"{path} was written by a run with a different config ({key}: {old} -> {new}{more}); "
                             f"resuming would not continue that run: use a new output_dir, or pass --no-resume to "
                             f"start over")
+        self._check_same_data(ckpt.get("data"), path)
         self.start_epoch, self.start_batch = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
         self.stats.update(ckpt.get("stats", {}))
         self.resumed_from = path
         if self.info.is_main:
             print(f"resumed from {path} at epoch {self.start_epoch + 1}, "
                   f"iteration {self.start_epoch * self.iters + self.start_batch}", flush=True)
+
+    def _check_same_data(self, saved: dict | None, path: Path) -> None:
+        """Refuse to resume on another training set: its shuffle differs, so the run would not continue exactly."""
+        now = self.data_fingerprint
+        if not saved:
+            if self.info.is_main:
+                log.warning("%s records no training-set fingerprint (written by an older version): cannot check "
+                            "that the data are the same as when it was written", path)
+            return
+        if saved.get("images") == now["images"] and saved.get("digest") == now["digest"]:
+            return
+        what = (f"{saved.get('images')} images then, {now['images']} now" if saved.get("images") != now["images"]
+                else f"{now['images']} images both times, but a different file list")
+        if self.allow_data_change:
+            if self.info.is_main:
+                log.warning("resuming on a different training set (%s), as --allow-data-change asks: the run no "
+                            "longer continues exactly", what)
+            return
+        raise UserError(f"{path} was written while training on a different training set ({what}; "
+                        f"data.path={self.cfg.data.path}); resuming would not continue that run: point data.path at "
+                        "the original data, pass --allow-data-change to switch deliberately, or use a new output_dir")
 
     # ---------------------------------------------------------------------------------------- logging
     def _log(self, record: dict[str, Any]) -> None:
@@ -508,7 +627,8 @@ class DinoTrainer:
             "images_per_s": self.stats["images_seen"] / max(self.stats["train_time_s"], 1e-9),
             "wall_time_s": wall_time_s, "train_time_s": self.stats["train_time_s"], "finished": finished,
             "world_size": self.info.world_size, "skipped_images": self.stats["skipped_images"],
-            "nan_steps_skipped": self.stats["nan_steps_skipped"],
+            "nan_steps_skipped": self.stats["nan_steps_skipped"], "iteration": iteration,
+            "failure": self.failure, "stopped_by": self.stopped_by,
             "iterations_done": iteration, "epochs_done": None if iteration is None else iteration / self.iters,
             "budget_reached": self.budget_reached,
         }
@@ -517,6 +637,36 @@ class DinoTrainer:
         if self.info.is_main:
             (self.out / "summary.json").write_text(json.dumps(out, indent=2))
         return out
+
+
+def check_not_inside_data(out: Path, data_path: str) -> None:
+    """Refuse an output folder inside the data folder: checkpoints and logs would join the training set."""
+    data = Path(data_path)
+    if not data.is_dir():
+        return  # 'cifar10' or an archive: extracted elsewhere
+    if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
+        raise UserError(f"output_dir {out} is inside the data folder {data_path}; the run would write into its "
+                        "training set: choose an output_dir outside it")
+
+
+def data_fingerprint(dataset: Any) -> dict[str, Any]:
+    """Image count and sha256 of the (relative path, class) list: what the shuffle and the run depend on.
+
+    Why relative paths: ``data.path`` may change between starts (the same data moved or re-extracted);
+    the list of files under it, in order, may not.
+    """
+    root = str(getattr(dataset, "root", ""))
+    digest = hashlib.sha256()
+    for sample in getattr(dataset, "samples", []):
+        name, target = str(sample[0]), int(sample[1])
+        rel = os.path.relpath(name, root) if root and os.path.isabs(name) else name
+        digest.update(f"{rel}\t{target}\n".encode())
+    return {"images": len(dataset), "digest": digest.hexdigest()}
+
+
+def _non_finite_parameters(**modules: nn.Module) -> list[str]:
+    return [f"{what}.{name}" for what, m in modules.items() for name, p in m.named_parameters()
+            if p.is_floating_point() and not bool(torch.isfinite(p).all())]
 
 
 def _snapshot_buffers(*modules: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -158,7 +158,7 @@ def test_local_dry_run_and_help(tmp_path, capsys):
 
 def test_config_file_is_resolved_at_submission(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("device: cpu\noptim:\n  epochs: 7\n")
+    cfg.write_text("device: cpu\noptim:\n  epochs: 7\n  warmup_epochs: 1\n")
     p = plan_from_argv(["pretrain", "--config", str(cfg), "optim.epochs=9", "--output-dir", "rel/out", "--dry-run"])
     assert p.job.config["optim"]["epochs"] == 9
     assert Path(p.job.config["output_dir"]).is_absolute() and p.job.config["output_dir"].endswith("rel/out")

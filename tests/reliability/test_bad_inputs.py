@@ -298,3 +298,40 @@ def test_out_of_range_options_and_damaged_checkpoints_give_one_line(cifar10_smal
         rows.append((f"'teacher' entry is {name}", "knn", short(line.replace(str(tmp_path), "$TMP"), 150)))
     record("drill 2c: out-of-range options and files that are not checkpoints",
            table(("input", "command", "outcome"), rows))
+
+
+@pytest.mark.reliability
+def test_out_of_range_config_and_unsafe_yaml_give_one_line(cifar10_small, tmp_path, capfd):
+    """Values that used to give a traceback (or a run that learns nothing) now fail before any compute."""
+    rows = []
+    out = tmp_path / "out"
+
+    def case(kind: str, argv: list[str], *must_contain: str) -> None:
+        line = _expect_error(argv, capfd, *must_contain)
+        rows.append((kind, short(line.replace(str(tmp_path), "$TMP"), 150)))
+
+    for override in ("optim.batch_size_per_gpu=0", "optim.batch_size_per_gpu=-4", "monitor.log_every=0",
+                     "data.subset=-1", "optim.base_lr=-0.001", "optim.min_lr=-1e-6", "aug.global_scale=[0.9,0.3]",
+                     "loss.teacher_temp=0", "optim.warmup_epochs=101"):
+        key = override.split("=")[0]
+        case(override, tiny_args(cifar10_small, out, override), f"'{key}'", "key=value overrides")
+
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("model:\n  name: caf\xe9\n".encode("latin-1"))
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("a: &a [*a]\n")
+    laughs = tmp_path / "laughs.yaml"
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    laughs.write_text("\n".join(lines) + "\n")
+    for kind, path, text in (("non-UTF-8 YAML", latin1, "not UTF-8"), ("recursive YAML alias", loop, "recursive"),
+                             ("billion laughs YAML (9^9 expanded)", laughs, "expands to more than")):
+        case(kind, [*tiny_args(cifar10_small, out), "--config", str(path)], str(path), text)
+
+    data = tmp_path / "data"  # a copy: the shared set must not be written to, whatever the code under test does
+    shutil.copytree(cifar10_small, data)
+    case("output_dir inside the data folder", tiny_args(data, data / "runs"),
+         "inside the data folder", "choose an output_dir outside it")
+    assert not (data / "runs").exists()
+    assert not out.exists(), "a refused config created the output folder"
+    record("drill 2c: out-of-range config values and unsafe YAML", table(("input", "outcome"), rows))

@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,6 +118,20 @@ def test_disk_full_at_save_keeps_previous_checkpoint(cifar10_small, tmp_path, ca
         intact = sha256(out / "checkpoint.pt") == before
         assert intact and not temp_files(out), f"{kind}: checkpoint changed or temp files left: {temp_files(out)}"
         rows.append((f"simulated: {kind}", "identical", "none", short(line.replace(str(tmp_path), "$TMP"), 120)))
+
+    # the folder becomes unwritable after the start-up check (permissions changed, a mount went read-only):
+    # the temp file cannot even be created. Root ignores permission bits, so mkstemp's failure is simulated.
+    def eacces(*_args, **_kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out))
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkstemp", eacces)
+        line = _cli(tiny_args(cifar10_small, out, *EXTRA), capfd)
+    for text in (f"could not write checkpoint {out / 'checkpoint.pt'}", "Permission denied", "previous checkpoint is intact"):
+        assert text in line, f"{text!r} not in {line!r}"
+    assert sha256(out / "checkpoint.pt") == before and not temp_files(out)
+    rows.append(("simulated: folder unwritable mid-run (mkstemp EACCES)", "identical", "none",
+                 short(line.replace(str(tmp_path), "$TMP"), 120)))
 
     with tmpfs(tmp_path / "small", "8m") as mounted:  # one checkpoint (~5.4 MB) fits, a second does not
         if mounted:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +128,62 @@ def test_evaluators_refuse_non_finite_weights_and_features(cifar10_small, tmp_pa
         assert not list(out.glob("*.json")), f"{command} wrote a result"
         rows.append((kind, command, short(line.replace(str(tmp_path), "$TMP"), 150)))
     record("drill 3c: non-finite weights and features in the evaluators", table(("cause", "command", "outcome"), rows))
+
+
+def _all_unreadable(root: Path, n: int = 32) -> Path:
+    """A training set of ``n`` files in 2 classes, none of them a readable image."""
+    for i in range(n):
+        folder = root / "train" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img{i:02d}.jpg").write_bytes(b"" if i % 3 == 0 else b"\xff\xd8\xff\xe0 not really a JPEG" * 3)
+    return root
+
+
+@pytest.mark.reliability
+def test_runs_that_learned_nothing_fail_with_the_reason(cifar10_small, tmp_path):
+    """Rules (trainer docstring): an epoch with zero trained samples, > half the steps skipped, non-finite weights."""
+    rows = []
+
+    def failed(out: Path, run, *must_contain: str) -> str:
+        line = one_line_error(run.stderr, run.returncode)
+        summary = json.loads((out / "summary.json").read_text())
+        for text in must_contain:
+            assert text in line, f"{text!r} not in {line!r}"
+        assert summary["finished"] is False and summary["failure"] and must_contain[0] in summary["failure"], summary
+        return line
+
+    out = tmp_path / "unreadable"
+    data = _all_unreadable(tmp_path / "bad")
+    run = run_cli(tiny_args(data, out, "optim.epochs=1", "data.num_workers=1"))
+    line = failed(out, run, "all 32 images of epoch 1 were unreadable", "data.on_bad_image=error")
+    assert not (out / "checkpoint.pt").exists(), "an epoch that trained nothing was saved as progress"
+    rows.append(("every image unreadable (32 of 32)", "exit 2", short(line.replace(str(tmp_path), "$TMP"), 150)))
+
+    skip = [*EXTRA, "on_nan=skip-step"]
+    out = tmp_path / "epoch"
+    run = run_cli(tiny_args(cifar10_small, out, *skip), fault=True, CONTAINER_SSL_FAULT_NAN_AT="1,2,3,4")
+    line = failed(out, run, "epoch 1 trained no samples: 4 of 4 steps skipped for a non-finite loss")
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 3  # the last mid-epoch save, not the epoch's
+    rows.append(("skip-step, NaN at steps 1-4 (all of epoch 1)", "exit 2", short(line, 150)))
+
+    out = tmp_path / "most"
+    run = run_cli(tiny_args(cifar10_small, out, *skip), fault=True, CONTAINER_SSL_FAULT_NAN_AT="1,2,3,5,6")
+    line = failed(out, run, "5 of 8 steps skipped for a non-finite loss (more than 50%)")
+    rows.append(("skip-step, NaN at 5 of 8 steps", "exit 2", short(line, 150)))
+
+    out = tmp_path / "half"
+    run = run_cli(tiny_args(cifar10_small, out, *skip), fault=True, CONTAINER_SSL_FAULT_NAN_AT="1,2,5,6")
+    summary = json.loads((out / "summary.json").read_text())
+    assert run.returncode == 0 and summary["finished"] and summary["nan_steps_skipped"] == 4, run.stderr[-3000:]
+    rows.append(("skip-step, NaN at 4 of 8 steps (the bound)", "exit 0", "finished: true, nan_steps_skipped=4"))
+
+    out = tmp_path / "lr"  # weights that overflow: steps then skipped, or weights refused at the next save
+    run = run_cli(tiny_args(cifar10_small, out, *skip, "optim.base_lr=1e30"))
+    line = one_line_error(run.stderr, run.returncode)
+    summary = json.loads((out / "summary.json").read_text())
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert summary["finished"] is False and summary["failure"] and not _non_finite(ckpt), (summary, _non_finite(ckpt))
+    rows.append(("skip-step, optim.base_lr=1e30", "exit 2",
+                 short(line.replace(str(tmp_path), "$TMP"), 150) + f" [checkpoint.pt: iteration {ckpt['iteration']}, "
+                 "finite]"))
+    record("drill 3c: runs that learned nothing do not report success", table(("run", "status", "outcome"), rows))

@@ -127,3 +127,69 @@ def test_cpu_thread_tip_only_when_workers_share_cpu_cores_with_spinning_threads(
     assert cpu_thread_tip(cpu, "gpu", 1, {}) is None  # batched augmentation: the workers only decode
     assert cpu_thread_tip(cpu, "cpu", 2, {"OMP_WAIT_POLICY": "ACTIVE"}) is None  # the user chose
     assert cpu_thread_tip(cuda, "cpu", 4, {}) is None
+
+
+def test_resume_on_other_training_data_is_refused_unless_allowed(cifar10_small, tmp_path, caplog):
+    import shutil
+
+    out, common = tmp_path / "run", ["optim.epochs=1", "max_steps=1"]
+    pretrain(tiny_cfg(cifar10_small, out, *common))
+    n = sum(1 for _ in (cifar10_small / "train").rglob("*.jpg"))
+
+    moved = tmp_path / "moved"  # the same files somewhere else: data.path may change
+    shutil.copytree(cifar10_small, moved)
+    DinoTrainer(tiny_cfg(moved, out, *common))
+
+    fewer = tmp_path / "fewer"
+    shutil.copytree(cifar10_small, fewer)
+    next((fewer / "train" / "cat").iterdir()).unlink()
+    with pytest.raises(UserError) as e:
+        DinoTrainer(tiny_cfg(fewer, out, *common))
+    msg = str(e.value)
+    assert f"{n} images then, {n - 1} now" in msg and "--allow-data-change" in msg and "\n" not in msg, msg
+
+    renamed = tmp_path / "renamed"  # same count, another file list
+    shutil.copytree(cifar10_small, renamed)
+    first = min((renamed / "train" / "dog").iterdir())
+    first.rename(first.with_name("zz_" + first.name))
+    with pytest.raises(UserError, match=f"{n} images both times, but a different file list"):
+        DinoTrainer(tiny_cfg(renamed, out, *common))
+
+    with caplog.at_level("WARNING"):
+        trainer = DinoTrainer(tiny_cfg(fewer, out, *common), allow_data_change=True)
+    assert trainer.start_iteration == 1 and "--allow-data-change" in caplog.text
+
+    # a checkpoint of an older version has no fingerprint: it still resumes, with a warning
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    del ckpt["data"]
+    torch.save(ckpt, out / "checkpoint.pt")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        trainer = DinoTrainer(tiny_cfg(fewer, out, *common))
+    assert trainer.start_iteration == 1 and "no training-set fingerprint" in caplog.text
+
+
+def test_output_dir_inside_the_data_folder_is_refused(cifar10_small, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"  # a copy: the code under test must not get a chance to write into the shared set
+    shutil.copytree(cifar10_small, data)
+    for inside in (data / "runs" / "a", data / "train" / "cat", data):
+        with pytest.raises(UserError, match="is inside the data folder"):
+            DinoTrainer(tiny_cfg(data, inside, "data.subset=32"))
+    assert not (data / "runs").exists() and not (data / "config.yaml").exists()
+    DinoTrainer(tiny_cfg(data, tmp_path / "beside", "data.subset=32"))  # a sibling folder is fine
+
+
+def test_non_finite_weights_are_never_saved(cifar10_small, tmp_path):
+    from container_ssl.ssl.trainer import LearnedNothing
+
+    trainer = DinoTrainer(tiny_cfg(cifar10_small, tmp_path, "data.subset=32", "optim.epochs=1"))
+    trainer.save(0, 1)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    name, param = next(iter(trainer.teacher.named_parameters()))
+    with torch.no_grad():
+        param.view(-1)[0] = float("nan")
+    with pytest.raises(LearnedNothing, match=rf"1 weight tensor\(s\) became non-finite .*teacher\.{name}.*not saved"):
+        trainer.save(0, 2)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before

@@ -1,0 +1,142 @@
+"""Config range checks and safe YAML reading: bad values fail at load time with the key named.
+
+Why: a batch size of 0, a negative learning rate or a recursive YAML alias used to surface as a traceback
+(or a run that trains on garbage) minutes later. Each case below names the key or file the message must
+contain; the expected outcome is written out by hand, not taken from the code under test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from container_ssl.config import (
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_NODES,
+    PretrainConfig,
+    load_config,
+    validate,
+)
+from container_ssl.errors import UserError
+
+# (override, key the message must name, text it must contain)
+BAD_VALUES = [
+    ("optim.batch_size_per_gpu=0", "optim.batch_size_per_gpu", "> 0"),
+    ("optim.batch_size_per_gpu=-8", "optim.batch_size_per_gpu", "> 0"),
+    ("optim.base_lr=-0.001", "optim.base_lr", "> 0"),
+    ("optim.base_lr=nan", "optim.base_lr", "> 0"),
+    ("optim.min_lr=-1e-6", "optim.min_lr", ">= 0"),
+    ("optim.epochs=0", "optim.epochs", "> 0"),
+    ("optim.warmup_epochs=101", "optim.warmup_epochs", "<= optim.epochs"),
+    ("optim.momentum_teacher=1.5", "optim.momentum_teacher", "[0, 1]"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay", ">= 0"),
+    ("optim.clip_grad=-3", "optim.clip_grad", ">= 0"),
+    ("optim.optimizer=lamb", "optim.optimizer", "adamw, sgd"),
+    ("optim.amp=fp32", "optim.amp", "auto, bf16, fp16, none"),
+    ("loss.student_temp=0", "loss.student_temp", "> 0"),
+    ("loss.teacher_temp=-0.07", "loss.teacher_temp", "> 0"),
+    ("loss.center_momentum=2", "loss.center_momentum", "[0, 1]"),
+    ("monitor.log_every=0", "monitor.log_every", "> 0"),
+    ("monitor.knn_k=0", "monitor.knn_k", "> 0"),
+    ("data.subset=-1", "data.subset", ">= 0"),
+    ("data.num_workers=-2", "data.num_workers", ">= 0"),
+    ("data.on_bad_image=ignore", "data.on_bad_image", "skip, error"),
+    ("aug.flip_p=1.5", "aug.flip_p", "[0, 1]"),
+    ("aug.global_scale=[0.9,0.4]", "aug.global_scale", "min <= max"),
+    ("aug.local_scale=[0,0.4]", "aug.local_scale", "0 < min"),
+    ("aug.global_scale=[0.4,1.2]", "aug.global_scale", "max <= 1"),
+    ("aug.blur_p=[1.0,0.1]", "aug.blur_p", "3 probabilities"),
+    ("aug.std=[0.2,0,0.2]", "aug.std", "> 0"),
+    ("aug.global_size=0", "aug.global_size", "> 0"),
+    ("aug.interpolation=lanczos", "aug.interpolation", "nearest, bilinear, bicubic"),
+    ("model.patch_size=0", "model.patch_size", "> 0 or null"),
+    ("model.drop_path_rate=1.0", "model.drop_path_rate", "[0, 1)"),
+    ("model.out_dim=-1", "model.out_dim", "> 0"),
+    ("checkpoint_every_steps=-1", "checkpoint_every_steps", ">= 0"),
+    ("on_nan=ignore", "on_nan", "stop, skip-step"),
+    ("device=tpu", "device", "auto, cpu, cuda"),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "text"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_value_is_refused_at_load_time_naming_the_key(override, key, text):
+    with pytest.raises(UserError) as e:
+        load_config(overrides=[override])
+    msg = str(e.value)
+    assert f"'{key}'" in msg and text in msg and "\n" not in msg, msg
+    assert "key=value overrides" in msg
+
+
+def test_boundary_values_are_accepted():
+    cfg = load_config(overrides=["optim.warmup_epochs=100", "optim.min_lr=0", "aug.flip_p=1", "aug.flip_p=0",
+                                 "optim.momentum_teacher=1.0", "data.subset=0", "model.patch_size=null",
+                                 "aug.global_scale=[1.0,1.0]", "optim.clip_grad=0", "monitor.log_every=1"])
+    assert cfg.optim.warmup_epochs == cfg.optim.epochs == 100 and cfg.model.patch_size is None
+
+
+def test_every_numeric_or_choice_field_declares_a_check():
+    """A new numeric key without a range check is the bug this pass exists to prevent."""
+    free_text = {"model.name", "data.path", "data.train_split", "data.val_split", "data.cache_dir"}
+
+    def walk(schema: type, prefix: str = ""):
+        for f in dataclasses.fields(schema):
+            sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(sub):
+                yield from walk(sub, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}", f
+
+    unchecked = [key for key, f in walk(PretrainConfig)
+                 if "check" not in f.metadata and f.type not in ("bool",) and key not in free_text]
+    assert not unchecked, f"config keys without a range check: {unchecked}"
+
+
+def test_validate_names_the_file_the_value_came_from(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  batch_size_per_gpu: 0\n")
+    with pytest.raises(UserError, match=rf"'optim.batch_size_per_gpu' must be > 0, got 0; fix it in {path}"):
+        load_config(path)
+    validate(load_config())  # the defaults are valid
+
+
+# ------------------------------------------------------------------------------------------ YAML reading
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_non_utf8_yaml_is_one_line_naming_the_file(tmp_path):
+    path = _write(tmp_path, "latin1.yaml", "model:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=rf"{path} is not UTF-8 text \(byte 18\)"):
+        load_config(path)
+
+
+def test_recursive_alias_is_refused(tmp_path):
+    path = _write(tmp_path, "loop.yaml", b"a: &a [*a]\n")
+    with pytest.raises(UserError, match=rf"{path} has a recursive YAML alias \(near line 1\)"):
+        load_config(path)
+
+
+def test_billion_laughs_is_refused_before_it_expands(tmp_path):
+    # 9 levels of 9 aliases each: 9**9 = 387,420,489 strings once expanded, 1 KB on disk
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = _write(tmp_path, "laughs.yaml", ("\n".join(lines) + "\n").encode())
+    assert path.stat().st_size < 1000 and 9 ** 9 > MAX_CONFIG_NODES
+    with pytest.raises(UserError, match=rf"{path} expands to more than {MAX_CONFIG_NODES} values"):
+        load_config(path)
+
+
+def test_oversized_config_file_is_refused(tmp_path):
+    path = _write(tmp_path, "huge.yaml", b"# padding\n" * (MAX_CONFIG_BYTES // 10 + 1))
+    with pytest.raises(UserError, match=rf"{path} is {path.stat().st_size} bytes"):
+        load_config(path)
+
+
+def test_small_aliases_still_work(tmp_path):
+    path = _write(tmp_path, "ok.yaml", b"aug:\n  global_scale: &s [0.3, 1.0]\n  local_scale: *s\n")
+    cfg = load_config(path)
+    assert cfg.aug.local_scale == cfg.aug.global_scale == [0.3, 1.0]
