@@ -99,6 +99,9 @@ class MonitorConfig:
     knn_val_images: int = 0                       # cap on the queries (0 = whole val split)
     log_every: int = 10                           # iterations between console/metric lines
     log_images: bool = True                       # a few crops to TensorBoard at the first step
+    rank_every: int = 1                           # epochs between RankMe / embedding-std checks (0 = off)
+    rank_images: int = 512                        # the fixed train batch they are computed on
+    collapse_std: float = 0.1                     # warn when the normalised embedding std (1 = isotropic) is below
 
 
 @dataclass
