@@ -14,6 +14,7 @@ refused export never leaves a half-written model behind.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -85,6 +86,7 @@ def export_backbone(net: nn.Module, out: str | os.PathLike, img_size: int, mean:
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         save_for_hf(net, str(tmp), safe_serialization=True, data_config=data_config)
+        _drop_num_classes_arg(tmp / CONFIG_NAME)
         x = _probe_input(img_size)
         with torch.no_grad():
             want = net(x)
@@ -144,6 +146,17 @@ def check_onnx(net: nn.Module, path: str | os.PathLike, img_size: int) -> float:
     if tuple(got.shape) != tuple(want.shape):
         return float("inf")
     return float((torch.from_numpy(got) - want).abs().max())
+
+
+def _drop_num_classes_arg(path: Path) -> None:
+    """Keep ``num_classes`` out of ``model_args`` (it stays at the top level).
+
+    Why: the documented call ``timm.create_model(arch, ..., num_classes=0, **model_args)`` would otherwise
+    pass it twice.
+    """
+    cfg = json.loads(path.read_text())
+    cfg.get("model_args", {}).pop("num_classes", None)
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 def _probe_input(img_size: int) -> torch.Tensor:
