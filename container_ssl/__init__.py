@@ -6,4 +6,5 @@ Importing the package registers the Container models with timm, so that
 
 __version__ = "0.1.0"
 
-from . import models  # noqa: E402,F401  (registers the timm entrypoints)
+from . import models  # noqa: F401  (registers the timm entrypoints)
+from .pretrained import load_pretrained  # noqa: F401  (an exported backbone through timm, in one call)

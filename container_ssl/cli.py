@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "linear": ("container_ssl.eval.linear", "linear probe on frozen features"),
     "finetune": ("container_ssl.eval.finetune", "low-data finetune (e.g. 10%% of the labels)"),
     "report": ("container_ssl.eval.report", "markdown + PNG report comparing runs"),
+    "visualize": ("container_ssl.eval.visualize", "attention maps, affinity mix and static kernels as PNG + JSON"),
+    "export": ("container_ssl.export", "backbone as timm safetensors + config.json, optionally ONNX"),
     "submit": ("container_ssl.launch.submit", "run any command on SLURM (or locally) through submitit"),
 }
 

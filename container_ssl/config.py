@@ -152,6 +152,9 @@ class MonitorConfig:
     knn_val_images: int = field(default=0, metadata=NON_NEGATIVE)    # cap on the queries (0 = whole val split)
     log_every: int = field(default=10, metadata=POSITIVE)       # iterations between console/metric lines
     log_images: bool = True                       # a few crops to TensorBoard at the first step
+    rank_every: int = field(default=1, metadata=NON_NEGATIVE)   # epochs between RankMe / embedding-std checks (0 = off)
+    rank_images: int = field(default=512, metadata=POSITIVE)    # the fixed train batch they are computed on
+    collapse_std: float = field(default=0.1, metadata=NON_NEGATIVE)  # warn when the normalised embedding std (1 = isotropic) is below
 
 
 @dataclass

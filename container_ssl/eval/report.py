@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         "knn_by_k.png": plot_knn_by_k(runs, out / "knn_by_k.png"),
         "online_knn.png": plot_online_knn(runs, out / "online_knn.png"),
         "train_loss.png": plot_train_loss(runs, out / "train_loss.png"),
+        "rank_knn.png": plot_rank_and_knn(runs, out / "rank_knn.png"),
+        "alpha.png": plot_alpha(runs, out / "alpha.png"),
     }
     text = render_markdown(runs, plots, args.title)
     path = out / "report.md"
@@ -66,6 +68,7 @@ class RunData:
     online_knn: list = field(default_factory=list)  # (epoch, k, top1)
     train_loss: list = field(default_factory=list)  # (iteration, loss)
     problems: list = field(default_factory=list)
+    monitor: list = field(default_factory=list)  # "monitor" records: epoch, alpha, rankme, embed_std
 
     def knn_top1(self) -> dict[int, float]:
         return {int(r["k"]): float(r["top1"]) for r in self.knn.get("results", [])
@@ -101,6 +104,8 @@ def load_run(path: Path) -> RunData:
                 run.online_knn.append((rec["epoch"], rec.get("k"), float(rec["top1"])))
             elif rec.get("type") == "train" and _is_number(rec.get("loss")) and _is_number(rec.get("iteration")):
                 run.train_loss.append((rec["iteration"], float(rec["loss"])))
+            elif rec.get("type") == "monitor" and _is_number(rec.get("epoch")):
+                run.monitor.append(rec)
         if bad:
             run.problems.append(f"{metrics}: {bad} unreadable line(s) skipped")
     else:
@@ -141,7 +146,9 @@ def render_markdown(runs: list[RunData], plots: dict[str, bool], title: str) -> 
             "finetune: best val top-1 on the full val split.")
     lines += ["", note, ""]
     captions = {"knn_by_k.png": "kNN top-1 by k", "online_knn.png": "online kNN top-1 during pretraining",
-                "train_loss.png": "pretraining loss"}
+                "train_loss.png": "pretraining loss",
+                "rank_knn.png": "label-free RankMe against the online kNN",
+                "alpha.png": "dynamic share alpha = sigmoid(m) per mixed block"}
     for name, caption in captions.items():
         if plots.get(name):
             lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
@@ -201,6 +208,55 @@ def plot_train_loss(runs: list[RunData], path: Path) -> bool:
             line.set_alpha(1.0)
             line.set_label(r.name)
     return _save(fig, ax, path, "iteration", "DINO loss", "Pretraining loss")
+
+
+def plot_rank_and_knn(runs: list[RunData], path: Path) -> bool:
+    """RankMe (left axis, solid) and the online kNN top-1 (right axis, dashed) over epochs, per run.
+
+    Why one plot: the effective rank needs no labels; drawn against the labelled kNN it shows whether it
+    can stand in for it (both should rise together, and fall together when the representation collapses).
+    """
+    series = {r.name: sorted((m["epoch"] + 1, float(m["rankme"])) for m in r.monitor if _is_number(m.get("rankme")))
+              for r in runs}
+    if not any(series.values()):
+        return False
+    fig, ax = _figure()
+    right = ax.twinx()
+    for r in runs:
+        if not series[r.name]:
+            continue
+        line, = ax.plot(*zip(*series[r.name]), marker="o", markersize=3, label=f"{r.name} RankMe")
+        if r.online_knn:
+            knn = sorted((e + 1, v) for e, _, v in r.online_knn)
+            right.plot(*zip(*knn), marker="s", markersize=3, linestyle="--", color=line.get_color(),
+                       label=f"{r.name} online kNN")
+    right.set_ylabel("online kNN top-1 (%), dashed")
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _save(fig, ax, path, "pretraining epoch", "RankMe (effective rank), solid", "RankMe and online kNN")
+    ax.legend(handles=handles, fontsize=7)
+    fig.savefig(path)
+    return True
+
+
+def plot_alpha(runs: list[RunData], path: Path) -> bool:
+    """alpha = sigmoid(m) of every mixed block against the epoch, one line per (run, block)."""
+    lines: dict[str, list] = {}
+    for r in runs:
+        for m in r.monitor:
+            alpha = m.get("alpha")
+            for block, value in (alpha.items() if isinstance(alpha, dict) else ()):
+                if _is_number(value):
+                    lines.setdefault(f"{r.name} {block}", []).append((m["epoch"] + 1, float(value)))
+    if not lines:
+        return False
+    fig, ax = _figure()
+    for label, points in lines.items():
+        ax.plot(*zip(*sorted(points)), marker="o", markersize=3, label=label.replace(".mixer", ""))
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save(fig, ax, path, "pretraining epoch", "alpha (share of attention)", "Dynamic affinity share")
 
 
 def _figure():

@@ -125,14 +125,29 @@ class AffinityMixer(nn.Module):
 
         self.proj = nn.Conv2d(dim, dim, 1)
 
-    def dynamic(self, qkv: torch.Tensor) -> torch.Tensor:
-        """Multi-head softmax attention from a ``[q | k | v]`` map, heads split inside each third."""
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[q | k | v]`` map -> three ``(B, heads, N, head_dim)`` tensors, heads split inside each third."""
         b, _, h, w = qkv.shape
         head_dim = self.dim // self.num_heads
         # (B, 3, heads, head_dim, N) -> three (B, heads, N, head_dim) tensors
         q, k, v = qkv.reshape(b, 3, self.num_heads, head_dim, h * w).transpose(-1, -2).unbind(1)
+        return q, k, v
+
+    def dynamic(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Multi-head softmax attention from a ``[q | k | v]`` map."""
+        b, _, h, w = qkv.shape
+        q, k, v = self.split_heads(qkv)
         out = F.scaled_dot_product_attention(q, k, v)
         return out.transpose(-1, -2).reshape(b, self.dim, h, w)
+
+    def attention_map(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The dynamic affinity ``softmax(Q K^T / sqrt(d))`` itself, ``(B, heads, N, N)`` (for inspection).
+
+        Why not from :meth:`dynamic`: the fused kernel never materialises the matrix; this recomputes it
+        from the same head split, so what is shown is what the forward pass used.
+        """
+        q, k, _ = self.split_heads(qkv)
+        return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
 
     def static(self, v: torch.Tensor) -> torch.Tensor:
         """The input-independent affinity applied to V (depthwise conv or dense token MLP)."""

@@ -44,3 +44,28 @@ def online_knn(backbone: nn.Module, cfg: DictConfig, info: DistInfo) -> tuple[fl
         top1, top5 = result.top1, result.top5
     barrier()
     return top1, top5
+
+
+def label_free(backbone: nn.Module, cfg: DictConfig, info: DistInfo) -> dict[str, float]:
+    """RankMe and the normalised per-dimension std of the teacher's features on one fixed batch (rank 0).
+
+    Why a fixed batch: the same ``monitor.rank_images`` train images (seeded subset, evaluation transform)
+    every epoch, so the curve moves only because the network does. Features are computed in float32
+    (no autocast): bf16 rounding would bury the small singular values that RankMe counts.
+    """
+    from .rankme import effective_rank, embedding_std
+
+    m, a, d = cfg.monitor, cfg.aug, cfg.data
+    transform = eval_transform(a.global_size, mean=list(a.mean), std=list(a.std))
+    images = build_dataset(d.path, d.train_split, limit=m.rank_images, transform=transform, cache_dir=d.cache_dir,
+                           on_bad_image="skip", seed=cfg.seed)
+    was_training = backbone.training
+    try:
+        feats, _ = extract_features(backbone, images, batch_size=256, device=info.device,
+                                    num_workers=d.num_workers, use_amp=False, desc="rank batch")
+    finally:
+        backbone.train(was_training)
+    if feats.shape[0] < 2:
+        return {}
+    return {"rankme": effective_rank(feats), "embed_std": embedding_std(feats), "embed_dim": int(feats.shape[1]),
+            "rank_images": int(feats.shape[0])}

@@ -384,6 +384,7 @@ class DinoTrainer:
                                "skipped_images": self.stats["skipped_images"],
                                "nan_steps_skipped": self.stats["nan_steps_skipped"]})
                     self.monitor(epoch, it - 1)
+                    self.monitor_label_free(epoch, it - 1)
                     self.save(epoch + 1, 0, periodic=_periodic(epoch, cfg, self.epochs))
             if not interrupted and it > self.start_iteration:
                 self._check_learned(it, trained)
@@ -615,6 +616,39 @@ class DinoTrainer:
             self._log({"type": "knn", "epoch": epoch, "iteration": it, "k": k, "top1": top1, "top5": top5})
             self.tb.scalars({f"knn/top1_k{k}": top1}, it)
             print(f"epoch {epoch + 1}: online kNN (k={k}) top-1 {top1:.2f}%", flush=True)
+
+    def monitor_label_free(self, epoch: int, it: int) -> None:
+        """alpha per mixed block every epoch; RankMe and embedding std every ``monitor.rank_every`` epochs.
+
+        Why: both tell, without labels, whether the teacher's representation spreads out or collapses
+        (:mod:`container_ssl.ssl.rankme`); alpha shows how much each mixed block leans on attention.
+        """
+        if not self.info.is_main:
+            return
+        from ..models.affinity_probe import mix_weights
+
+        m = self.cfg.monitor
+        record: dict[str, Any] = {"alpha": mix_weights(self.teacher.backbone)}
+        if m.rank_every and ((epoch + 1) % m.rank_every == 0 or epoch + 1 == self.epochs):
+            from .monitor import label_free
+
+            devices = [self.info.device] if self.info.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):  # keep the run's RNG stream (exact resume)
+                record.update(label_free(self.teacher.backbone, self.cfg, self.info))
+        if not record["alpha"] and len(record) == 1:
+            return
+        self._log({"type": "monitor", "epoch": epoch, "iteration": it, **record})
+        scalars = {f"alpha/{name}": v for name, v in record["alpha"].items()}
+        scalars.update({f"monitor/{k}": float(record[k]) for k in ("rankme", "embed_std") if k in record})
+        self.tb.scalars(scalars, it)
+        if "rankme" in record:
+            print(f"epoch {epoch + 1}: RankMe {record['rankme']:.1f} of {min(record['embed_dim'], record['rank_images'])}"
+                  f", normalised embedding std {record['embed_std']:.3f}", flush=True)
+            if record["embed_std"] < m.collapse_std:
+                print(f"warning: representation collapsing: normalised embedding std {record['embed_std']:.3f} < "
+                      f"monitor.collapse_std {m.collapse_std} at epoch {epoch + 1} (RankMe "
+                      f"{record['rankme']:.1f}); check teacher_temp, the centre momentum and the learning rate",
+                      flush=True)
 
     def summary(self, wall_time_s: float, finished: bool, iteration: int | None = None) -> dict[str, Any]:
         from ..models.complexity import count_macs
