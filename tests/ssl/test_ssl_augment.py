@@ -194,3 +194,25 @@ def test_same_seed_gives_the_same_crop_in_both_backends(height, width):
     errors = [float((denormalize(gpu_crops[view][i], MEAN, STD) - denormalize(crop, MEAN, STD)).abs().mean())
               for i in range(len(x)) for view, crop in enumerate(cpu_crops[i])]
     assert max(errors) < 0.02, errors
+
+
+def test_loader_boxes_follow_the_per_sample_seed_in_workers():
+    """Exact resume needs the loader's box draws to depend on (seed, epoch, index) only, not on the worker,
+    the batch or what ran before: the same items through a worker, in another order, give the same boxes."""
+    from torch.utils.data import DataLoader
+
+    from container_ssl.ssl.sampling import SeededViews
+
+    images = [(im, 0) for im in _smooth_images(6, 40)]
+    views = SeededViews(images, seed=3, transform=BoxAndResize(_cfg(base_size=32)))
+    keys = [(1, i) for i in range(6)]
+    direct = {k: views[k][0] for k in keys}
+    loader = DataLoader(views, batch_size=2, sampler=keys[::-1], num_workers=1, collate_fn=collate_views)
+    seen = 0
+    for batch, _, _ in loader:
+        for j in range(2):
+            key = keys[::-1][seen]
+            assert torch.equal(batch.boxes[j], direct[key].boxes) and torch.equal(batch.images[j], direct[key].images)
+            seen += 1
+    assert seen == 6
+    assert not torch.equal(direct[(1, 0)].boxes, views[(2, 0)][0].boxes)  # another epoch draws other boxes
