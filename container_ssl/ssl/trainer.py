@@ -106,7 +106,7 @@ def collate_views(batch: list) -> tuple[Any, Any, int]:
     return views, labels, len(batch) - len(kept)
 
 
-def build_augmentation(aug_cfg: Any, device: torch.device) -> tuple[Callable, Optional[nn.Module]]:
+def build_augmentation(aug_cfg: Any, device: torch.device) -> tuple[Callable, nn.Module | None]:
     """(per-image transform run in the loader, batched augmentation run on ``device`` or None).
 
     The CPU back-end makes every crop per image in the loader workers; the GPU back-end only draws the crop
