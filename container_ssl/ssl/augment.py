@@ -133,10 +133,21 @@ def _interpolation_mode(name: str) -> v2.InterpolationMode:
     return v2.InterpolationMode[name.upper()]
 
 
+def random_resized_crop(s: AugSettings, size: int, scale: tuple[float, ...]) -> v2.RandomResizedCrop:
+    """The crop of one view; its ``make_params`` is the box rule of both back-ends.
+
+    Why one rule: the boxes are torchvision's (and DINO's): an area of ``scale`` times the *whole original*
+    image, a log-uniform aspect ratio in [3/4, 4/3], ten tries, then a centre crop clipped to the ratio range.
+    The device back-end draws its boxes with this very object in the loader (``augment_gpu.BoxAndResize``),
+    so on non-square images both back-ends crop from the same places.
+    """
+    return v2.RandomResizedCrop(size, scale=scale, interpolation=_interpolation_mode(s.interpolation),
+                                antialias=True)
+
+
 def _view_pipeline(s: AugSettings, size: int, scale: tuple[float, ...], blur_p: float,
                    solarize_p: float) -> v2.Compose:
-    mode = _interpolation_mode(s.interpolation)
-    steps: list[Any] = [v2.RandomResizedCrop(size, scale=scale, interpolation=mode, antialias=True)]
+    steps: list[Any] = [random_resized_crop(s, size, scale)]
     if s.flip_p > 0:
         steps.append(v2.RandomHorizontalFlip(s.flip_p))
     if s.jitter_p > 0 and any(s.jitter):

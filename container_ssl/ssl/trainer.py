@@ -141,18 +141,19 @@ def collate_views(batch: list) -> tuple[Any, Any, int]:
     return views, labels, len(batch) - len(kept)
 
 
-def build_augmentation(aug_cfg: Any, device: torch.device) -> tuple[Callable, Optional[nn.Module]]:
+def build_augmentation(aug_cfg: Any, device: torch.device) -> tuple[Callable, nn.Module | None]:
     """(per-image transform run in the loader, batched augmentation run on ``device`` or None).
 
-    The CPU back-end makes every crop per image in the loader workers; the GPU back-end only resizes there
-    and makes all crops of a batch at once on the training device (which may be the CPU).
+    The CPU back-end makes every crop per image in the loader workers; the GPU back-end only draws the crop
+    boxes and resizes there, and makes all crops of a batch at once on the training device (which may be
+    the CPU).
     """
     if aug_cfg.backend == "cpu":
         from .augment import MultiCropTransform
         return MultiCropTransform(aug_cfg), None
     if aug_cfg.backend == "gpu":
-        from .augment_gpu import BaseResize, KorniaMultiCrop
-        return BaseResize(aug_cfg), KorniaMultiCrop(aug_cfg).to(device)
+        from .augment_gpu import BoxAndResize, KorniaMultiCrop
+        return BoxAndResize(aug_cfg), KorniaMultiCrop(aug_cfg).to(device)
     raise UserError(f"aug.backend must be 'cpu' or 'gpu', got '{aug_cfg.backend}'")
 
 

@@ -11,6 +11,14 @@ uint8 truncate instead of rounding (about -1.4/255 per jittered crop), while kor
 tolerance of 0.1 is thus ~4 standard deviations above the expected gap, while a real semantic mismatch
 lands well above it (dropping solarisation from global 2 moves its means by ~0.15). Stds must agree within
 10% (measured: within ~3%).
+
+Crop geometry on non-square images (3:2, 2:3, 4:1, 1:1): the boxes of both back-ends, read back from the
+pixels of a coordinate-ramp image (tests/ssl/crop_geometry.py) in original-image pixels, must have the same
+distribution of area fraction, aspect ratio and centre (two-sample Kolmogorov-Smirnov statistic below its
+0.1% critical value), and the same share of global crops that touch the leftmost / topmost sixth (within
+4 standard errors of a difference of proportions). A batched back-end that crops from a centre square fails
+this on every non-square shape (on 3:2, 46% of the per-image global crops touch the leftmost sixth, 0% of
+the batched ones did).
 """
 
 import io
@@ -26,6 +34,14 @@ from torchvision.transforms import v2
 from container_ssl.config import AugConfig
 from container_ssl.ssl.augment import MultiCropTransform, denormalize
 from container_ssl.ssl.augment_gpu import KorniaMultiCrop
+from tests.ssl.crop_geometry import (
+    SHAPES,
+    box_stats,
+    boxes_from_crops,
+    crop_boxes,
+    geometry_cfg,
+    ramp_image,
+)
 
 PER_CLASS, REPEATS, N_LOCAL = 10, 8, 2
 MEAN_TOL, STD_REL_TOL, RESIZE_TOL = 0.1, 0.1, 1e-2
@@ -123,3 +139,71 @@ def test_backends_without_augmentation_give_the_plain_resize(images):
           f"{np.mean(errors[32]):.2e}, 16 px (2x down) {np.mean(errors[16]):.2e}")
     assert np.mean(errors[32]) < 1e-5
     assert np.mean(errors[16]) < RESIZE_TOL
+
+
+def _ks_statistic(a: np.ndarray, b: np.ndarray, slack: float) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic, forgiving shifts up to ``slack`` (the read-back error).
+
+    The largest gap between the empirical CDFs when either may lag the other by ``slack``. Why the slack: a
+    shape on which every global crop is torchvision's fallback box (4:1) gives a point mass, which the plain
+    statistic would call entirely different (1.0) when the two pipelines read it back 0.002 apart.
+    """
+    grid = np.concatenate([a, b])
+    a, b = np.sort(a), np.sort(b)
+
+    def cdf(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return np.searchsorted(x, t, side="right") / len(x)
+
+    return float(max((cdf(a, grid) - cdf(b, grid + slack)).max(), (cdf(b, grid) - cdf(a, grid + slack)).max()))
+
+
+def test_box_readback_recovers_known_boxes():
+    """The measurement itself: boxes cut by torchvision at known places are read back within a pixel."""
+    cfg = geometry_cfg("cpu")
+    g = torch.Generator().manual_seed(0)
+    for _, height, width in SHAPES:
+        image, errors = ramp_image(height, width), []
+        for size in (32, 16):
+            for _ in range(40):
+                w, h = (int(torch.randint(4, n + 1, (1,), generator=g)) for n in (width, height))
+                x0 = int(torch.randint(0, width - w + 1, (1,), generator=g))
+                y0 = int(torch.randint(0, height - h + 1, (1,), generator=g))
+                crop = v2.functional.resized_crop(image, y0, x0, h, w, [size, size],
+                                                  interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+                crop = v2.functional.normalize(crop.float() / 255, cfg.mean, cfg.std)
+                errors.append(boxes_from_crops(crop[None], cfg, height, width)[0] - [x0, y0, w, h])
+        errors = np.abs(np.array(errors))
+        assert errors.mean() < 0.5 and errors.max() < 2.5, (height, width, errors.mean(0), errors.max(0))
+
+
+GEOMETRY_DRAWS = 200  # augmentations per back-end and shape: 400 global and 400 local crops
+KS_CRITICAL = 1.95 * np.sqrt(2 / (2 * GEOMETRY_DRAWS))  # 0.1% level for two samples of 400
+# read-back error (test_box_readback_recovers_known_boxes: ~0.3 px mean, ~2 px worst along 128 px) in
+# each statistic's units, with margin
+SLACK = {"area": 0.02, "log_aspect": 0.04, "cx": 0.01, "cy": 0.01}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
+def test_backends_crop_the_same_places(shape):
+    name, height, width = shape
+    # different seeds: the two back-ends must agree in distribution, not by replaying the same draws
+    cpu = [box_stats(b, height, width) for b in crop_boxes("cpu", height, width, GEOMETRY_DRAWS, seed=1)]
+    gpu = [box_stats(b, height, width) for b in crop_boxes("gpu", height, width, GEOMETRY_DRAWS, seed=2)]
+    report, failures = [], []
+    for kind, c, g in zip(("global", "local"), cpu, gpu):
+        for key in ("area", "log_aspect", "cx", "cy"):
+            d = _ks_statistic(c[key], g[key], SLACK[key])
+            report.append(f"{name} {kind:6s} {key:10s} mean cpu {c[key].mean():+.3f} kornia {g[key].mean():+.3f} "
+                          f"KS {d:.3f} (critical {KS_CRITICAL:.3f})")
+            if d > KS_CRITICAL:
+                failures.append(report[-1])
+    c, g = cpu[0], gpu[0]  # edge coverage of the global crops
+    for key in ("left", "top"):
+        p = (c[key].mean() + g[key].mean()) / 2
+        tol = max(0.02, 4 * np.sqrt(p * (1 - p) * 2 / len(c[key])))
+        report.append(f"{name} global touch {key} sixth: cpu {c[key].mean():.1%} kornia {g[key].mean():.1%} "
+                      f"(tolerance {tol:.1%})")
+        if abs(c[key].mean() - g[key].mean()) > tol:
+            failures.append(report[-1])
+    print("\n" + "\n".join(report))
+    assert not failures, "\n".join(failures)

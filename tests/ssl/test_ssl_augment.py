@@ -18,7 +18,8 @@ from container_ssl.ssl.augment import (
     blur_kernel_size,
     denormalize,
 )
-from container_ssl.ssl.augment_gpu import BaseResize, KorniaMultiCrop
+from container_ssl.ssl.augment_gpu import BoxAndResize, BoxedCanvas, KorniaMultiCrop
+from container_ssl.ssl.trainer import collate_views
 
 MEAN, STD = AugConfig().mean, AugConfig().std
 
@@ -109,7 +110,7 @@ def test_blur_kernel_sizes():
                                     {"jitter": [0.4, 0.4, 0.2, 0.9]}])
 def test_bad_settings_raise_user_error(change):
     cfg = dataclasses.replace(_cfg(), **change)
-    for backend in (MultiCropTransform, KorniaMultiCrop, BaseResize):
+    for backend in (MultiCropTransform, KorniaMultiCrop, BoxAndResize):
         with pytest.raises(UserError):
             backend(cfg)
 
@@ -132,10 +133,86 @@ def test_eval_transform_and_denormalize():
         EvalTransform(32, resize_to=24)
 
 
-def test_base_resize():
+def test_loader_side_draws_boxes_on_the_original_image():
     x = _smooth_images(1, 32)[0]
-    assert BaseResize(_cfg()).size == 32
-    assert torch.equal(BaseResize(_cfg())(x), x)  # already global_size: no-op
+    out = BoxAndResize(_cfg())(x)
+    assert isinstance(out, BoxedCanvas) and torch.equal(out.images, x)  # already global_size: no resampling
     pil = Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8))
-    out = BaseResize(_cfg(base_size=48))(pil)
-    assert out.dtype == torch.uint8 and tuple(out.shape) == (3, 48, 48)
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(5)  # the trainer seeds every sample like this: the boxes must follow the seed
+        draws.append(BoxAndResize(_cfg(base_size=48))(pil))
+    out = draws[0]
+    assert out.images.dtype == torch.uint8 and tuple(out.images.shape) == (3, 48, 48)
+    assert out.boxes.dtype == torch.float32 and tuple(out.boxes.shape) == (2 + 3, 4)
+    assert torch.equal(out.boxes, draws[1].boxes)
+    # the same draws as the CPU back-end's crops of the original 60 x 40 image, as fractions of it
+    torch.manual_seed(5)
+    crop = MultiCropTransform(_cfg()).global1.transforms[0]
+    p = crop.make_params([v2.functional.pil_to_tensor(pil)])
+    torch.testing.assert_close(out.boxes[0], torch.tensor([p["left"] / 60, p["top"] / 40, p["width"] / 60,
+                                                           p["height"] / 40]))
+    left, top, w, h = out.boxes.unbind(1)
+    assert bool((left >= 0).all() and (top >= 0).all() and (left + w <= 1 + 1e-6).all()
+                and (top + h <= 1 + 1e-6).all())
+
+
+def test_collated_canvas_batch_travels_as_one_object():
+    """default_collate keeps the named tuple (so train_step's ``.to(device)`` and the module accept it)."""
+    batch = [(BoxAndResize(_cfg())(im), 0) for im in _smooth_images(3, 40)]
+    views, _, skipped = collate_views(batch + [None])
+    assert isinstance(views, BoxedCanvas) and skipped == 1
+    assert tuple(views.images.shape) == (3, 3, 32, 32) and tuple(views.boxes.shape) == (3, 5, 4)
+    views = views.to("cpu", non_blocking=True)
+    crops = KorniaMultiCrop(_cfg())(views)
+    assert [tuple(c.shape) for c in crops] == [(3, 3, 32, 32)] * 2 + [(3, 3, 16, 16)] * 3
+    with pytest.raises(UserError, match="n_local"):  # a module built for other settings than the loader
+        KorniaMultiCrop(_cfg(n_local=2))(views)
+
+
+@pytest.mark.parametrize("height, width", [(48, 72), (72, 48), (24, 96), (40, 40)])
+def test_same_seed_gives_the_same_crop_in_both_backends(height, width):
+    """Non-square images: under the same per-sample seed the batched back-end cuts the CPU back-end's boxes.
+
+    Both draw the boxes with the same torchvision rule in the same order, so with the colour steps off the
+    crops differ only by resampling (the batched path goes through the ``base_size`` canvas): a centre-square
+    crop, or a box misplaced by a canvas mapping error, differs by far more than the 0.02 allowed.
+    """
+    g = torch.Generator().manual_seed(1)
+    low = torch.rand(6, 3, 6, 6, generator=g)
+    x = (F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False) * 255).round()
+    x = x.to(torch.uint8)
+    cfg = _cfg(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=[0.0, 0.0, 0.0], solarize_p=0.0, base_size=64)
+    cpu, loader = MultiCropTransform(cfg), BoxAndResize(cfg)
+    cpu_crops, loaded = [], []
+    for i, im in enumerate(x):
+        torch.manual_seed(i)
+        cpu_crops.append(cpu(im))
+        torch.manual_seed(i)
+        loaded.append((loader(im), 0))
+    gpu_crops = KorniaMultiCrop(cfg)(collate_views(loaded)[0])
+    errors = [float((denormalize(gpu_crops[view][i], MEAN, STD) - denormalize(crop, MEAN, STD)).abs().mean())
+              for i in range(len(x)) for view, crop in enumerate(cpu_crops[i])]
+    assert max(errors) < 0.02, errors
+
+
+def test_loader_boxes_follow_the_per_sample_seed_in_workers():
+    """Exact resume needs the loader's box draws to depend on (seed, epoch, index) only, not on the worker,
+    the batch or what ran before: the same items through a worker, in another order, give the same boxes."""
+    from torch.utils.data import DataLoader
+
+    from container_ssl.ssl.sampling import SeededViews
+
+    images = [(im, 0) for im in _smooth_images(6, 40)]
+    views = SeededViews(images, seed=3, transform=BoxAndResize(_cfg(base_size=32)))
+    keys = [(1, i) for i in range(6)]
+    direct = {k: views[k][0] for k in keys}
+    loader = DataLoader(views, batch_size=2, sampler=keys[::-1], num_workers=1, collate_fn=collate_views)
+    seen = 0
+    for batch, _, _ in loader:
+        for j in range(2):
+            key = keys[::-1][seen]
+            assert torch.equal(batch.boxes[j], direct[key].boxes) and torch.equal(batch.images[j], direct[key].images)
+            seen += 1
+    assert seen == 6
+    assert not torch.equal(direct[(1, 0)].boxes, views[(2, 0)][0].boxes)  # another epoch draws other boxes
