@@ -6,8 +6,10 @@ MultiCropWrapper does), and the teacher forward on the 2 global crops. It is tra
 device, so nothing is computed and the count takes seconds on any CPU.
 
 Counting: matmul-like ops (convolution, mm/addmm, bmm/baddbmm, attention) with torch's own formulas
-(``torch.utils.flop_counter.flop_registry``, the ones FlopCounterMode uses), forward and backward as they
-are dispatched. Convolutions are split into dense and depthwise (``groups == in_channels``); mm/addmm are
+(``torch.utils.flop_counter``, the ones FlopCounterMode uses), forward and backward as they are
+dispatched, except a convolution's backward: it is counted as one forward pass for the input gradient
+and one for the weight gradient, because torch's backward formula ignores ``groups`` and puts a depthwise
+convolution's backward at ~4.5x its forward (which inflated Container-Light's step by half). Convolutions are split into dense and depthwise (``groups == in_channels``); mm/addmm are
 the linear layers, bmm/baddbmm/scaled-dot-product the attention matmuls. Norms (batch/layer/group norm and
 their backward) count a nominal 5 FLOPs per output element and every other pointwise or reduction op 1 per
 output element: they are memory-bound, so their FLOP share understates their share of the time, which is
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import conv_flop_count, flop_registry
 
 from container_ssl.models import DINOHead
 from container_ssl.models.factory import backbone_names, create_backbone
@@ -70,11 +72,18 @@ class OpKindCounter(TorchDispatchMode):
     @staticmethod
     def classify(packet, func, args, kwargs, out) -> tuple[str | None, float]:
         if packet in flop_registry and (packet in CONV or packet in LINEAR or packet in ATTENTION):
-            flops = flop_registry[packet](*args, **kwargs, out_val=out)
             if packet in CONV:
-                inp, groups = (args[0], args[8]) if packet is aten.convolution else (args[1], args[9])
+                if packet is aten.convolution:
+                    inp, weight, out_shape, transposed, groups, passes = (args[0], args[1], out.shape, args[6],
+                                                                          args[8], 1)
+                else:  # each of grad_input and grad_weight costs one forward pass (torch's backward formula
+                    # ignores groups and counts a depthwise backward as a dense one)
+                    inp, weight, out_shape, transposed, groups = args[1], args[2], args[0].shape, args[7], args[9]
+                    passes = int(args[10][0]) + int(args[10][1])
+                flops = passes * conv_flop_count(inp.shape, weight.shape, out_shape, transposed)
                 depthwise = groups > 1 and groups == inp.shape[1]
                 return ("depthwise conv" if depthwise else "conv"), flops
+            flops = flop_registry[packet](*args, **kwargs, out_val=out)
             return ("linear" if packet in LINEAR else "matmul-attention"), flops
         name = packet.__name__
         if any(n in name for n in NORM_NAMES):

@@ -14,9 +14,10 @@
 # Options: --device cuda|cpu (default cuda), --smoke (tiny sizes; the CPU run CI does), --dry-run,
 #          --budget-s S (whole check, default 480), --out DIR (figures; default benchmarks/results/gpu, or a
 #          temporary folder with --smoke).
-# Environment: VENV (default .venv; reused as is when it already imports everything), PYTHON (python3, to
-#          create it), WHEELS (a folder of wheels for an offline install: pip --no-index --find-links),
-#          CIFAR10 (default ../shared/data/cifar10-jpeg.tar.gz).
+# Environment: VENV (default .venv: created and installed unless it already imports everything; a VENV set
+#          by the caller is used as is, never installed into), PYTHON (python3, to create .venv), WHEELS
+#          (a folder of wheels for an offline install: pip --no-index --find-links), CIFAR10 (default
+#          ../shared/data/cifar10-jpeg.tar.gz).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY=1; shift ;;
         --budget-s) BUDGET=${2:?--budget-s needs seconds}; shift 2 ;;
         --out) OUT=${2:?--out needs a folder}; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -39,6 +40,7 @@ if [ "$SMOKE" = 1 ] && [ "$BUDGET" = 480 ]; then BUDGET=240; fi
 if [ -z "$OUT" ]; then
     if [ "$SMOKE" = 1 ]; then OUT=${TMPDIR:-/tmp}/container-ssl-gpu-check-smoke; else OUT=benchmarks/results/gpu; fi
 fi
+VENV_GIVEN=${VENV:+1}
 VENV=${VENV:-.venv}
 PY=$VENV/bin/python
 CIFAR10=${CIFAR10:-../shared/data/cifar10-jpeg.tar.gz}
@@ -57,10 +59,14 @@ else
     EXTRAS=dev,bench FAISS_SWAP=true
     READY="import container_ssl, torch, pytest, lightly, faiss"
 fi
-SETUP="if PYTHONPATH=. $(q "$PY") -c $(q "$READY") 2>/dev/null; then echo 'reusing $VENV'; else
+if [ -n "$VENV_GIVEN" ]; then  # a virtualenv named by the caller is used as is, never installed into
+    SETUP="PYTHONPATH=. $(q "$PY") -c $(q "$READY") && echo 'using $VENV as is'"
+else
+    SETUP="if PYTHONPATH=. $(q "$PY") -c $(q "$READY") 2>/dev/null; then echo 'reusing $VENV'; else
   { test -x $(q "$PY") || ${PYTHON:-python3} -m venv $(q "$VENV"); } &&
   $PIP install -q -c constraints.txt -e '.[$EXTRAS]' && $FAISS_SWAP &&
   PYTHONPATH=. $(q "$PY") -c $(q "$READY"); fi"
+fi
 
 RUN="PYTHONPATH=$(q "$REPO") $(q "$PY")"
 if [ "$SMOKE" = 1 ]; then
@@ -90,7 +96,7 @@ data.path=$(q "$CIFAR10") data.cache_dir=$(q "$WORK/cache") $PRETRAIN_ARGS"
 STAGES=(setup tests throughput knn pretrain)
 declare -A LIMIT=([setup]=150 [tests]=210 [throughput]=120 [knn]=75 [pretrain]=0)
 declare -A CMD=([setup]=$SETUP [tests]=$TESTS [throughput]=$THROUGHPUT [knn]=$KNN [pretrain]=$PRETRAIN)
-if [ "$SMOKE" = 1 ]; then LIMIT[setup]=60 LIMIT[tests]=240 LIMIT[throughput]=120 LIMIT[knn]=60; fi
+if [ "$SMOKE" = 1 ]; then LIMIT[setup]=150 LIMIT[tests]=300 LIMIT[throughput]=120 LIMIT[knn]=60; fi
 
 if [ "$DRY" = 1 ]; then
     echo "GPU check plan: device $DEVICE$([ "$SMOKE" = 1 ] && echo ', smoke sizes'), budget ${BUDGET}s, figures -> $OUT/"
