@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
 done
 case "$DEVICE" in cuda|cpu) ;; *) echo "error: --device must be cuda or cpu, got $DEVICE" >&2; exit 2 ;; esac
 case "$BUDGET" in ''|*[!0-9]*) echo "error: --budget-s must be a whole number of seconds" >&2; exit 2 ;; esac
-if [ "$SMOKE" = 1 ] && [ "$BUDGET" = 480 ]; then BUDGET=240; fi
+if [ "$SMOKE" = 1 ] && [ "$BUDGET" = 480 ]; then BUDGET=900; fi
 if [ -z "$OUT" ]; then
     if [ "$SMOKE" = 1 ]; then OUT=${TMPDIR:-/tmp}/container-ssl-gpu-check-smoke; else OUT=benchmarks/results/gpu; fi
 fi
@@ -96,7 +96,7 @@ data.path=$(q "$CIFAR10") data.cache_dir=$(q "$WORK/cache") $PRETRAIN_ARGS"
 STAGES=(setup tests throughput knn pretrain)
 declare -A LIMIT=([setup]=150 [tests]=210 [throughput]=120 [knn]=75 [pretrain]=0)
 declare -A CMD=([setup]=$SETUP [tests]=$TESTS [throughput]=$THROUGHPUT [knn]=$KNN [pretrain]=$PRETRAIN)
-if [ "$SMOKE" = 1 ]; then LIMIT[setup]=150 LIMIT[tests]=300 LIMIT[throughput]=120 LIMIT[knn]=60; fi
+if [ "$SMOKE" = 1 ]; then LIMIT[setup]=240 LIMIT[tests]=420 LIMIT[throughput]=300 LIMIT[knn]=150; fi
 
 if [ "$DRY" = 1 ]; then
     echo "GPU check plan: device $DEVICE$([ "$SMOKE" = 1 ] && echo ', smoke sizes'), budget ${BUDGET}s, figures -> $OUT/"
