@@ -86,8 +86,8 @@ class OpKindCounter(TorchDispatchMode):
             flops = flop_registry[packet](*args, **kwargs, out_val=out)
             return ("linear" if packet in LINEAR else "matmul-attention"), flops
         name = packet.__name__
-        if any(n in name for n in NORM_NAMES):
-            return "norm", NORM_FLOPS_PER_ELEMENT * _numel(out)
+        if any(n in name for n in NORM_NAMES):  # the normalised tensor, not the saved mean/rstd beside it
+            return "norm", NORM_FLOPS_PER_ELEMENT * _numel(out[0] if isinstance(out, (tuple, list)) else out)
         tags = getattr(func, "tags", ())
         is_float = isinstance(out, torch.Tensor) and out.is_floating_point()
         if is_float and (torch.Tag.pointwise in tags or torch.Tag.reduction in tags or "softmax" in name):

@@ -101,6 +101,8 @@ def main() -> None:
     top1 = {r["method"]: r["top1"] for r in rows}
     if max(top1.values()) - min(top1.values()) > 0.01:  # the back-ends must agree, or the timing means nothing
         sys.exit(f"error: the kNN back-ends disagree on top-1: {top1}")
+    if min(top1.values()) < 2 * 100.0 / args.classes:  # clustered features: far above chance, or a broken set-up
+        sys.exit(f"error: kNN top-1 {top1} is at chance level ({100.0 / args.classes:.2f}%); the benchmark is broken")
 
 
 if __name__ == "__main__":
