@@ -59,7 +59,7 @@ def main() -> int:
     probe_dir = work / "probe"
     rc, probe_s = pretrain(args.config, [*args.overrides, f"output_dir={probe_dir}", f"max_steps={args.probe_steps}",
                                          "monitor.knn_every=0", "checkpoint_every_epochs=0"],
-                           args.budget_s / 2)
+                           0.6 * args.budget_s)
     summary = json.loads((probe_dir / "summary.json").read_text()) if (probe_dir / "summary.json").is_file() else {}
     ips = float(summary.get("images_per_s") or 0.0)
     result = {"config": args.config, "overrides": args.overrides, "budget_s": args.budget_s,

@@ -76,9 +76,10 @@ if [ "$SMOKE" = 1 ]; then
     THROUGHPUT="$RUN benchmarks/throughput.py --preset cifar --device cpu --models container_light_nano \
 --batch-size 8 --steps 1 --warmup 1 --out-dim 256 --json $(q "$OUT/throughput.json")"
     KNN="$RUN benchmarks/knn_bench.py --bank 4000 --queries 400 --dim 64 --device cpu --json $(q "$OUT/knn.json")"
-    PRETRAIN_ARGS="device=cpu optim.amp=none channels_last=false data.subset=384 data.num_workers=0 \
-optim.batch_size_per_gpu=64 model.out_dim=256 model.patch_size=2 monitor.knn_train_images=384 \
-monitor.knn_val_images=128 monitor.log_every=1 --probe-steps 2 --max-epochs 2"
+    PRETRAIN_ARGS="device=cpu optim.amp=none channels_last=false data.subset=256 data.num_workers=0 \
+optim.batch_size_per_gpu=32 model.name=container_light_nano model.patch_size=2 model.out_dim=256 \
+model.hidden_dim=64 model.bottleneck_dim=32 aug.n_local=2 monitor.knn_train_images=256 \
+monitor.knn_val_images=128 monitor.log_every=1 --probe-steps 2 --max-epochs 1"
 else
     TESTS="CONTAINER_SSL_REQUIRE_CUDA=1 CONTAINER_SSL_REQUIRE_DATA=1 $RUN -m pytest -q -p no:cacheprovider tests/gpu \
 -m cuda --junitxml $(q "$WORK/tests.xml")"
