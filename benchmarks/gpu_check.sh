@@ -95,7 +95,7 @@ data.path=$(q "$CIFAR10") data.cache_dir=$(q "$WORK/cache") $PRETRAIN_ARGS"
 
 # name, time limit (s), command; the pretraining gets what is left of the budget (at least 60 s)
 STAGES=(setup tests throughput knn pretrain)
-declare -A LIMIT=([setup]=150 [tests]=210 [throughput]=120 [knn]=75 [pretrain]=0)
+declare -A LIMIT=([setup]=150 [tests]=240 [throughput]=120 [knn]=75 [pretrain]=0)
 declare -A CMD=([setup]=$SETUP [tests]=$TESTS [throughput]=$THROUGHPUT [knn]=$KNN [pretrain]=$PRETRAIN)
 if [ "$SMOKE" = 1 ]; then LIMIT[setup]=240 LIMIT[tests]=420 LIMIT[throughput]=300 LIMIT[knn]=150; fi
 
