@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 
 PRESETS = {  # global size, local size, local crops, patch size (DeiT) / stem stride (Container)
-    "cifar": dict(global_size=32, local_size=16, n_local=2, patch={"deit": 4, "container": 2}),
-    "imagenet": dict(global_size=224, local_size=96, n_local=8, patch={"deit": 16, "container": 4}),
+    "cifar": {"global_size": 32, "local_size": 16, "n_local": 2, "patch": {"deit": 4, "container": 2}},
+    "imagenet": {"global_size": 224, "local_size": 96, "n_local": 8, "patch": {"deit": 16, "container": 4}},
 }
 DEFAULT_MODELS = ["container_light_tiny", "deit_tiny", "container_light_small", "deit_small"]
 
@@ -77,13 +77,14 @@ def run_all(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}; device {args.device}; matmul peak {peak / 1e12:.2f} TFLOP/s "
           f"({'bf16' if args.amp == 'bf16' else 'fp32'})")
     print(f"command: python {' '.join(sys.argv)}")
-    rows = []
+    rows, failed = [], []
     for model in args.models:
         for impl in args.impl:
             cmd = [sys.executable, __file__, *sys.argv[1:], "--single", f"{impl}:{model}"]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            done = subprocess.run(cmd, check=False, capture_output=True, text=True)
             if done.returncode:
                 print(f"{impl:8s} {model:22s} failed: {done.stderr.strip().splitlines()[-1:]}")
+                failed.append(f"{impl}:{model}")
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
             row["mfu"] = row["flops_per_step"] * row["steps_per_s"] / peak
@@ -93,16 +94,22 @@ def run_all(args: argparse.Namespace) -> None:
     for r in rows:
         print(f"{r['impl']:8s} {r['model']:22s} {r['images_per_s']:8.1f} {r['peak_mem_mb']:12.0f} "
               f"{r['flops_per_step'] / 1e9:11.1f} {100 * r['mfu']:6.2f}% {r['loss']:9.4f}")
+    ratios = {}
     for model in args.models:
         ours = next((r for r in rows if r["model"] == model and r["impl"] == "ours"), None)
         peer = next((r for r in rows if r["model"] == model and r["impl"] == "lightly"), None)
         if ours and peer:
-            print(f"{model}: ours/lightly = {ours['images_per_s'] / peer['images_per_s']:.2f}x; "
+            ratios[model] = ours["images_per_s"] / peer["images_per_s"]
+            print(f"{model}: ours/lightly = {ratios[model]:.2f}x; "
                   f"same-input loss ours {ours['ref_loss']:.6f} vs lightly {peer['ref_loss']:.6f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"machine": machine(), "command": " ".join(sys.argv),
-                                               "matmul_peak_flops": peak, "rows": rows}, indent=2))
+                                               "matmul_peak_flops": peak, "amp": args.amp,
+                                               "channels_last": args.channels_last, "rows": rows,
+                                               "ratio_to_lightly": ratios, "failed": failed}, indent=2))
+    if failed:  # a benchmark that measured nothing must not look like a success
+        sys.exit(f"error: {len(failed)} measurement(s) failed: {', '.join(failed)}")
 
 
 def machine() -> str:
