@@ -406,6 +406,17 @@ class DinoTrainer:
         return self.summary(self.clock() - t_start, finished=it >= self.total_iters, iteration=it)
 
     # ------------------------------------------------------------------------- stopping and failing
+    def _over_budget(self, epoch_elapsed_s: float) -> bool:
+        """True once the training time (this run's and the resumed runs', monitoring excluded) reaches
+        ``max_minutes``; all ranks agree, so they stop at the same step boundary."""
+        if not self.cfg.max_minutes:
+            return False
+        over = self.stats["train_time_s"] + epoch_elapsed_s >= self.cfg.max_minutes * 60.0
+        if self.info.distributed:
+            over = bool(all_reduce_sum(torch.tensor([float(over)], device=self.info.device)).item() > 0)
+        self.budget_reached = self.budget_reached or over
+        return over
+
     def _signal_stop(self, signals: StopSignals) -> bool:
         """True on every rank once any rank caught SIGINT/SIGTERM (all stop at this step boundary)."""
         signum = max_over_ranks(int(signals.received or 0), self.info.device)

@@ -296,7 +296,7 @@ def test_out_of_range_options_and_damaged_checkpoints_give_one_line(cifar10_smal
         torch.save({**blob, "teacher": value}, bad)
         line = _expect_error([*knn, str(bad)], capfd, str(bad), "not a state dict")
         rows.append((f"'teacher' entry is {name}", "knn", short(line.replace(str(tmp_path), "$TMP"), 150)))
-    record("drill 2c: out-of-range options and files that are not checkpoints",
+    record("drill 2d: out-of-range options and files that are not checkpoints",
            table(("input", "command", "outcome"), rows))
 
 
@@ -334,4 +334,4 @@ def test_out_of_range_config_and_unsafe_yaml_give_one_line(cifar10_small, tmp_pa
          "inside the data folder", "choose an output_dir outside it")
     assert not (data / "runs").exists()
     assert not out.exists(), "a refused config created the output folder"
-    record("drill 2c: out-of-range config values and unsafe YAML", table(("input", "outcome"), rows))
+    record("drill 2e: out-of-range config values and unsafe YAML", table(("input", "outcome"), rows))

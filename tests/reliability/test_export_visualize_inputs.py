@@ -57,4 +57,4 @@ def test_visualize_and_export_bad_inputs_give_one_line(tmp_path, capfd, monkeypa
          "onnxruntime", "pip install 'container-ssl[export]'")
     assert not (tmp_path / "vis").exists() or not any((tmp_path / "vis").iterdir())
     assert not (tmp_path / "e").exists()
-    record("drill 2c: bad inputs to visualize and export", table(("input", "command", "outcome"), rows))
+    record("drill 2f: bad inputs to visualize and export", table(("input", "command", "outcome"), rows))

@@ -186,4 +186,4 @@ def test_runs_that_learned_nothing_fail_with_the_reason(cifar10_small, tmp_path)
     rows.append(("skip-step, optim.base_lr=1e30", "exit 2",
                  short(line.replace(str(tmp_path), "$TMP"), 150) + f" [checkpoint.pt: iteration {ckpt['iteration']}, "
                  "finite]"))
-    record("drill 3c: runs that learned nothing do not report success", table(("run", "status", "outcome"), rows))
+    record("drill 3d: runs that learned nothing do not report success", table(("run", "status", "outcome"), rows))

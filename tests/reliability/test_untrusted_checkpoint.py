@@ -181,7 +181,7 @@ def test_damaged_or_foreign_files_are_not_called_code(tmp_path, capfd):
     line = _knn_error(unsafe, tmp_path, capfd)
     assert "could run code" in line and "datetime.date" in line, line
     rows.append(("a torch file naming datetime.date", short(line.replace(str(tmp_path), "$TMP"), 120)))
-    record("drill 4c: files that are not checkpoints vs pickles that could run code",
+    record("drill 4e: files that are not checkpoints vs pickles that could run code",
            table(("file", "knn says"), rows))
 
 
