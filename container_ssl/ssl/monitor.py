@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
@@ -66,5 +67,7 @@ def label_free(backbone: nn.Module, cfg: DictConfig, info: DistInfo) -> dict[str
         backbone.train(was_training)
     if feats.shape[0] < 2:
         return {}
-    return {"rankme": effective_rank(feats), "embed_std": embedding_std(feats), "embed_dim": int(feats.shape[1]),
-            "rank_images": int(feats.shape[0])}
+    sizes = {"embed_dim": int(feats.shape[1]), "rank_images": int(feats.shape[0])}
+    if not bool(torch.isfinite(feats).all()):  # a diverged teacher: report it, the trainer refuses to save it
+        return {"rankme": float("nan"), "embed_std": float("nan"), **sizes}
+    return {"rankme": effective_rank(feats), "embed_std": embedding_std(feats), **sizes}
