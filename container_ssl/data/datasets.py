@@ -17,7 +17,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets import ImageFolder
@@ -33,14 +33,25 @@ log = logging.getLogger(__name__)
 BAD_IMAGE_POLICIES = ("skip", "error")
 
 
+class Skipped(NamedTuple):
+    """An image skipped while loading, in place of the sample: the file and why (see ``name_skips``)."""
+
+    path: str
+    reason: str
+
+
 class SafeImageFolder(ImageFolder):
     """ImageFolder whose unreadable files become ``None`` (skip) or a :class:`UserError` naming the file.
+
+    With ``name_skips`` a skipped file becomes a :class:`Skipped` record instead of ``None``, so a consumer
+    that runs the loading in worker processes (the pretraining loop) can still say which files it left out.
 
     The files are listed by :func:`~container_ssl.data.listing.list_images` (every real folder once, every
     extension Pillow opens); what it leaves out is kept in ``left_out``.
     """
 
-    def __init__(self, root: str, transform: Callable | None = None, on_bad_image: str = "skip"):
+    def __init__(self, root: str, transform: Callable | None = None, on_bad_image: str = "skip",
+                 name_skips: bool = False):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise UserError(f"data.on_bad_image must be one of {BAD_IMAGE_POLICIES}, got '{on_bad_image}'")
         if not Path(root).is_dir():
@@ -52,6 +63,7 @@ class SafeImageFolder(ImageFolder):
             raise UserError(f"no images found under {root} ({e}); point data.path at an ImageFolder tree") from None
         _check_classes(Path(root), self.classes, self.targets, self.left_out)
         self.on_bad_image = on_bad_image
+        self.name_skips = name_skips
 
     def make_dataset(self, directory: Any, class_to_idx: dict[str, int], extensions: Any = None,  # type: ignore[override]
                      is_valid_file: Any = None, allow_empty: bool = False) -> list[tuple[str, int]]:
@@ -67,7 +79,7 @@ class SafeImageFolder(ImageFolder):
             if self.on_bad_image == "error":
                 raise UserError(f"unreadable image {e}; delete or replace it, or set data.on_bad_image=skip") from None
             log.warning("skipping unreadable image %s", e)
-            return None
+            return Skipped(path, str(e).removeprefix(f"{path}: ")) if self.name_skips else None
         if self.transform is not None:
             image = self.transform(image)
         return image, target
@@ -132,10 +144,11 @@ def resolve_root(path: str, cache_dir: str = "") -> Path:
 
 
 def build_dataset(path: str, split: str, transform: Callable | None = None, cache_dir: str = "",
-                  on_bad_image: str = "skip", limit: int = 0, seed: int = 0) -> Dataset:
+                  on_bad_image: str = "skip", limit: int = 0, seed: int = 0, name_skips: bool = False) -> Dataset:
     """An ImageFolder-like dataset (``classes``, ``targets``, ``samples``) for ``split`` of ``path``.
 
-    ``limit`` keeps a seeded random subset of that many images (quick runs and tests).
+    ``limit`` keeps a seeded random subset of that many images (quick runs and tests); ``name_skips``: see
+    :class:`SafeImageFolder`.
     """
     if path == "cifar10":
         root = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -147,7 +160,7 @@ def build_dataset(path: str, split: str, transform: Callable | None = None, cach
             found = sorted(p.name for p in root.iterdir() if p.is_dir())
             raise UserError(f"split folder '{split}' not found in {path} (found: {', '.join(found) or 'nothing'}); "
                             "the layout is <root>/<split>/<class>/<image>")
-        ds = SafeImageFolder(str(split_dir), transform=transform, on_bad_image=on_bad_image)
+        ds = SafeImageFolder(str(split_dir), transform=transform, on_bad_image=on_bad_image, name_skips=name_skips)
     if limit and limit < len(ds.targets):
         _keep_subset(ds, limit, seed)
     return ds

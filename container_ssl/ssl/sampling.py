@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..data import Skipped
+
 
 def _mix(*values: int) -> int:
     """A 63-bit seed from integers (splitmix-style), stable across processes and Python runs."""
@@ -74,8 +76,8 @@ class SeededViews(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
         item = self.dataset[index]
-        if item is None:  # an unreadable image the dataset chose to skip
-            return None
+        if item is None or isinstance(item, Skipped):  # an unreadable image the dataset chose to skip
+            return item
         image, target = item
         if self.transform is not None:
             state = torch.random.get_rng_state()

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from ..checkpoint import load_checkpoint, remove_stale_temps, save_atomic
 from ..config import changed_keys, load_config, to_dict, to_yaml
-from ..data import build_dataset, left_out_record
+from ..data import Skipped, build_dataset, left_out_record
 from ..errors import UserError
 from ..launch.distributed import (
     DistInfo,
@@ -71,6 +71,7 @@ class LearnedNothing(UserError):
     """The run trained no samples in an epoch, skipped most steps, or ended with non-finite weights."""
 
 
+MAX_NAMED_UNREADABLE = 1000  # summary.json names at most this many unreadable files (all are counted)
 MAX_SKIPPED_FRACTION = 0.5  # more than half of the steps skipped for a non-finite loss: the run failed
 
 
@@ -132,13 +133,18 @@ def build_models(cfg: DictConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
     return student, teacher
 
 
-def collate_views(batch: list) -> tuple[Any, Any, int]:
-    """(views, labels, number of skipped unreadable images); views is a list of crop batches."""
-    kept = [b for b in batch if b is not None]
+def collate_views(batch: list) -> tuple[Any, Any, list[Skipped]]:
+    """(views, labels, the skipped unreadable images); views is a list of crop batches.
+
+    A dataset built without ``name_skips`` marks a skipped image as ``None``: it is counted without a name.
+    """
+    skipped = [b if b is not None else Skipped("", "unreadable") for b in batch
+               if b is None or isinstance(b, Skipped)]
+    kept = [b for b in batch if b is not None and not isinstance(b, Skipped)]
     if not kept:
-        return None, None, len(batch)
+        return None, None, skipped
     views, labels = default_collate(kept)
-    return views, labels, len(batch) - len(kept)
+    return views, labels, skipped
 
 
 def build_augmentation(aug_cfg: Any, device: torch.device) -> tuple[Callable, nn.Module | None]:
@@ -161,7 +167,7 @@ def build_loader(cfg: DictConfig, info: DistInfo) -> tuple[DataLoader, Resumable
     """Train loader yielding multi-crop views (CPU back-end) or base-size uint8 images (GPU back-end)."""
     transform, gpu_aug = build_augmentation(cfg.aug, info.device)
     data = build_dataset(cfg.data.path, cfg.data.train_split, cache_dir=cfg.data.cache_dir,
-                         on_bad_image=cfg.data.on_bad_image, limit=cfg.data.subset, seed=cfg.seed)
+                         on_bad_image=cfg.data.on_bad_image, limit=cfg.data.subset, seed=cfg.seed, name_skips=True)
     views = SeededViews(data, seed=cfg.seed, transform=transform)
     sampler = ResumableSampler(len(views), cfg.optim.batch_size_per_gpu, seed=cfg.seed,
                                rank=info.rank, world_size=info.world_size)
@@ -311,6 +317,7 @@ class DinoTrainer:
         self.autocast, self.scaler = amp_context(cfg, info.device)
         self.stats = {"skipped_images": 0, "nan_steps_skipped": 0, "train_time_s": 0.0, "images_seen": 0}
         self.failure: str | None = None
+        self.unreadable_files: list[dict[str, str]] = []  # named by this rank in this invocation
         self.stopped_by: str | None = None
 
         # the loop's clock, an attribute so the wall-time budget (max_minutes) can be tested without waiting
@@ -355,8 +362,9 @@ class DinoTrainer:
                     batch, t0, images, unreadable = first, self.clock(), 0, 0
                     nan_before = self.stats["nan_steps_skipped"]
                     for views, _, skipped in self.loader:
-                        self.stats["skipped_images"] += skipped
-                        unreadable += skipped
+                        self.stats["skipped_images"] += len(skipped)
+                        unreadable += len(skipped)
+                        self._name_unreadable(skipped)
                         if views is not None:
                             images += self.train_step(views, epoch, it)
                         batch, it = batch + 1, it + 1
@@ -404,6 +412,15 @@ class DinoTrainer:
         if it >= self.total_iters:
             self.stopped_by = None  # the signal came during the last step: the run is complete all the same
         return self.summary(self.clock() - t_start, finished=it >= self.total_iters, iteration=it)
+
+    def _name_unreadable(self, skipped: list[Skipped]) -> None:
+        """Keep the first MAX_NAMED_UNREADABLE skipped files (path relative to the split, reason) for summary.json."""
+        room = MAX_NAMED_UNREADABLE - len(self.unreadable_files)
+        root = Path(getattr(self.loader.dataset.dataset, "root", ""))
+        for s in skipped[:max(room, 0)]:
+            path = Path(s.path)
+            name = str(path.relative_to(root)) if s.path and path.is_relative_to(root) else s.path
+            self.unreadable_files.append({"path": name, "reason": s.reason})
 
     # ------------------------------------------------------------------------- stopping and failing
     def _over_budget(self, epoch_elapsed_s: float) -> bool:
@@ -680,6 +697,8 @@ class DinoTrainer:
         }
         # files the dataset listing left out (not images, symlink loops…), with reasons: data/listing.py
         out["left_out_files"] = left_out_record(self.loader.dataset.dataset)
+        # files that failed to decode during training (counted in skipped_images; this rank, this invocation)
+        out["unreadable_files"] = self.unreadable_files
         if self.info.is_main:
             (self.out / "summary.json").write_text(json.dumps(out, indent=2))
         return out

@@ -69,7 +69,7 @@ def test_bad_files_are_skipped_and_counted(tmp_path):
     _bad_files(tmp_path)
     ds = build_dataset(str(tmp_path), "train", transform=pil_to_tensor)
     _views, labels, skipped = collate_views([ds[i] for i in range(len(ds))])
-    assert skipped == 3 and len(labels) == 1
+    assert len(skipped) == 3 and len(labels) == 1
 
 
 def test_bad_file_error_mode_names_the_file(tmp_path):

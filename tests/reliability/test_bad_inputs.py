@@ -122,9 +122,11 @@ def test_unreadable_images_are_skipped_and_counted_or_named(bad_data, tmp_path):
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["skipped_images"] == len(files["bad"]), summary
+    unreadable = {Path(f["path"]).name: f["reason"] for f in summary["unreadable_files"]}
     for kind, path in files["bad"].items():
         assert path.name in run.stderr, f"skip of {path.name} not logged"
-        rows.append((kind, path.name, "skipped, logged, counted"))
+        assert unreadable.get(path.name), f"{path.name} not named in summary.json unreadable_files"
+        rows.append((kind, path.name, f"skipped, logged, counted, in summary.json: {short(unreadable[path.name], 50)}"))
     left = {Path(f["path"]).name: f["reason"] for f in summary["left_out_files"]["files"]}
     for kind, path in files["left_out"].items():
         assert path.name in left, f"{path.name} not in summary.json left_out_files"
