@@ -47,6 +47,8 @@ CIFAR10=${CIFAR10:-../shared/data/cifar10-jpeg.tar.gz}
 WORK=${OUT%/}/work                      # checkpoints and logs of the check; figures go to $OUT/*.json
 [ "$SMOKE" = 0 ] && WORK=runs/gpu_check  # runs/ is git-ignored: no checkpoint lands in benchmarks/results
 q() { printf '%q' "$1"; }
+# packages carried in by the caller (e.g. wheels unpacked to a folder on PYTHONPATH) stay importable
+EXTRA_PATH=${PYTHONPATH:+:$PYTHONPATH}
 
 # ------------------------------------------------------------------------------------------ the stages
 PIP="PIP_CONFIG_FILE=/dev/null $(q "$PY") -m pip"
@@ -60,15 +62,15 @@ else
     READY="import container_ssl, torch, pytest, lightly, faiss"
 fi
 if [ -n "$VENV_GIVEN" ]; then  # a virtualenv named by the caller is used as is, never installed into
-    SETUP="PYTHONPATH=. $(q "$PY") -c $(q "$READY") && echo 'using $VENV as is'"
+    SETUP="PYTHONPATH=.$(q "$EXTRA_PATH") $(q "$PY") -c $(q "$READY") && echo 'using $VENV as is'"
 else
-    SETUP="if PYTHONPATH=. $(q "$PY") -c $(q "$READY") 2>/dev/null; then echo 'reusing $VENV'; else
+    SETUP="if PYTHONPATH=.$(q "$EXTRA_PATH") $(q "$PY") -c $(q "$READY") 2>/dev/null; then echo 'reusing $VENV'; else
   { test -x $(q "$PY") || ${PYTHON:-python3} -m venv $(q "$VENV"); } &&
   $PIP install -q -c constraints.txt -e '.[$EXTRAS]' && $FAISS_SWAP &&
-  PYTHONPATH=. $(q "$PY") -c $(q "$READY"); fi"
+  PYTHONPATH=.$(q "$EXTRA_PATH") $(q "$PY") -c $(q "$READY"); fi"
 fi
 
-RUN="PYTHONPATH=$(q "$REPO") $(q "$PY")"
+RUN="PYTHONPATH=$(q "$REPO$EXTRA_PATH") $(q "$PY")"
 if [ "$SMOKE" = 1 ]; then
     # the GPU tests' own logic, on the CPU (CUDA-only checks skip): the CPU-reference DINO step
     TESTS="CONTAINER_SSL_GPU_TESTS_DEVICE=cpu $RUN -m pytest -q -p no:cacheprovider tests/gpu -m cuda \
@@ -130,7 +132,7 @@ for s in "${STAGES[@]}"; do
     if [ "$s" = setup ] && [ "$rc" != 0 ]; then echo "error: setup failed; the other stages need it" >&2; break; fi
 done
 
-PYTHONPATH="$REPO" "$PY" - "$OUT" "$WORK" "$DEVICE" "$SMOKE" "$(( $(date +%s) - START ))" <<'PYEOF' || FAILED=1
+PYTHONPATH="$REPO$EXTRA_PATH" "$PY" - "$OUT" "$WORK" "$DEVICE" "$SMOKE" "$(( $(date +%s) - START ))" <<'PYEOF' || FAILED=1
 import json, sys, xml.etree.ElementTree as ET
 from pathlib import Path
 out, work, device, smoke, total = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
