@@ -232,12 +232,13 @@ def ours_step(model: str, preset: dict, images: list, args: argparse.Namespace):
     from container_ssl.config import load_config
     from container_ssl.ssl.trainer import DinoTrainer, build_augmentation
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    folder = Path(tempfile.mkdtemp(prefix="bench-"))
+    data = folder / "data"  # the run folder sits beside the data: the trainer refuses one inside it
     for i, im in enumerate(images):  # a tiny ImageFolder so the trainer can be built as in a real run
-        (folder / "train" / "x").mkdir(parents=True, exist_ok=True)
-        im.save(folder / "train" / "x" / f"{i}.png")
+        (data / "train" / "x").mkdir(parents=True, exist_ok=True)
+        im.save(data / "train" / "x" / f"{i}.png")
     cfg = load_config(overrides=common_overrides(model, preset, args) + [
-        f"data.path={folder}", f"output_dir={folder / 'run'}", f"aug.backend={args.aug}"])
+        f"data.path={data}", f"output_dir={folder / 'run'}", f"aug.backend={args.aug}"])
     trainer = DinoTrainer(cfg, auto_resume=False)
     it = [0]
     transform, _ = build_augmentation(cfg.aug, torch.device("cpu"))  # the trainer holds the batched part
