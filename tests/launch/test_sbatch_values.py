@@ -186,7 +186,9 @@ def test_numeric_options_have_a_range_named_in_the_error(tmp_path, cluster, caps
     assert re.search(rf"argument {option}: .*{re.escape(message)}", err), err
 
 
-def test_sbatch_without_srun_is_a_one_line_error(tmp_path, cluster, capsys):
+def test_sbatch_without_srun_is_a_one_line_error(tmp_path, cluster, capsys, monkeypatch):
     (tmp_path / "bin" / "srun").unlink()
+    # only the fake tools: a machine with SLURM installed has a real srun in /usr/bin
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     err = _refused(["pretrain", *CPU, f"output_dir={tmp_path / 'run'}"], tmp_path, cluster, capsys)
     assert "srun not found on PATH" in err and "--cluster local" in err, err
