@@ -108,6 +108,9 @@ def test_smoke_runs_the_whole_pipeline_for_two_variants(cifar10_small, tmp_path)
         peer = results["peer"]
         ours, theirs = study.top1(peer["ours"]["knn"]), study.top1(peer["lightly"]["knn"])
         assert peer["knn20_diff_points"] == pytest.approx(ours - theirs)
+        # equal budgets: the peer's "ours" is the study's own quick-recipe run, not a second training
+        assert peer["ours"]["reused_run"] == "container_light_tiny"
+        assert ours == study.top1(results["variants"]["container_light_tiny"]["eval/knn.json"])
         assert _stopped_as_planned(peer["lightly"], study.SMOKE["steps"])
         assert peer["lightly"]["knn"]["val"]["images"] == study.SMOKE["val"]
         assert f"{peer['knn20_diff_points']:+.2f} kNN@20 points" in report
