@@ -18,6 +18,7 @@ from typing import Any, Optional
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .errors import UserError
 
@@ -101,8 +102,9 @@ class AugConfig:
     blur_sigma: list = field(default_factory=lambda: [0.1, 2.0], metadata=SIGMA_PAIR)
     blur_p: list = field(default_factory=lambda: [1.0, 0.1, 0.5], metadata=BLUR_P)  # global 1, global 2, locals
     solarize_p: float = field(default=0.2, metadata=PROBABILITY)  # global 2 only
-    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata=RGB)
-    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata=RGB_POSITIVE)
+    # ImageNet statistics: timm's, as eval/transforms.py names them (config sits below eval, so not from there)
+    mean: list = field(default_factory=lambda: list(IMAGENET_DEFAULT_MEAN), metadata=RGB)
+    std: list = field(default_factory=lambda: list(IMAGENET_DEFAULT_STD), metadata=RGB_POSITIVE)
     base_size: int = field(default=0, metadata=NON_NEGATIVE)  # gpu backend: loader resizes to this square (0 = global)
 
 

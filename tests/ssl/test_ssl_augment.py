@@ -12,8 +12,8 @@ from torchvision.transforms import v2
 
 from container_ssl.config import AugConfig
 from container_ssl.errors import UserError
+from container_ssl.eval.transforms import EvalTransform
 from container_ssl.ssl.augment import (
-    EvalTransform,
     MultiCropTransform,
     blur_kernel_size,
     denormalize,
