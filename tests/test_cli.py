@@ -35,10 +35,10 @@ def test_worker_wrapped_error_keeps_only_the_message():
 
 
 def test_overrides_may_follow_options(monkeypatch):
-    import container_ssl.ssl.trainer as trainer
+    import container_ssl.ssl.pretrain_cli as pretrain_cli
 
     seen = {}
-    monkeypatch.setattr(trainer, "pretrain", lambda cfg, **kw: seen.update(cfg=cfg, **kw))
+    monkeypatch.setattr(pretrain_cli, "pretrain", lambda cfg, **kw: seen.update(cfg=cfg, **kw))
     assert main(["pretrain", "optim.epochs=3", "--no-resume", "seed=5", "optim.warmup_epochs=1",
                  "--output-dir", "x"]) == 0
     cfg = seen["cfg"]

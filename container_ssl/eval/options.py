@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from ..argtypes import float_range, int_range
+from ..data import build_dataset
+from ..distributed import pick_device
 from ..errors import UserError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -127,7 +129,6 @@ def resolve_data(args: argparse.Namespace, config: dict | None = None, model_img
 
 def build_split(spec: DataSpec, split: str, transform: Any) -> Any:
     """The dataset of one split (``container_ssl.data.build_dataset``)."""
-    from ..data import build_dataset
     return build_dataset(spec.path, split, transform=transform, cache_dir=spec.cache_dir,
                          on_bad_image=spec.on_bad_image)
 
@@ -161,7 +162,6 @@ def add_feature_cache_args(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    from ..launch.distributed import pick_device
     return pick_device(name)
 
 

@@ -37,8 +37,13 @@ from typing import Any
 import submitit
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 
+from ..commands import COMMANDS
+from ..config import PretrainConfig
+from ..distributed import cleanup
 from ..errors import UserError
+from ..ssl.trainer import pretrain
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -46,8 +51,6 @@ CHECKPOINT = "checkpoint.pt"
 # ------------------------------------------------------------------------------------ command parsers
 def command_module(command: str) -> Any:
     """The module implementing a ``container-ssl`` sub-command (``configure_parser``/``run``)."""
-    from ..cli import COMMANDS
-
     return importlib.import_module(COMMANDS[command][0])
 
 
@@ -65,7 +68,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------------- distributed set-up
 def export_distributed_env() -> str:
-    """Export RANK/WORLD_SIZE/... for :func:`~container_ssl.launch.distributed.init_distributed`.
+    """Export RANK/WORLD_SIZE/... for :func:`~container_ssl.distributed.init_distributed`.
 
     Returns how this process was launched: ``torchrun`` (it exported the variables already),
     ``submitit`` (SLURM or local tasks: exported here from submitit's job environment when there is more
@@ -297,12 +300,6 @@ class CommandJob(submitit.helpers.Checkpointable):
 
     # ------------------------------------------------------------------------------------------ pretrain
     def _pretrain(self) -> dict[str, Any]:
-        from omegaconf import OmegaConf
-
-        from ..config import PretrainConfig
-        from ..ssl.trainer import pretrain
-        from .distributed import cleanup
-
         cfg = OmegaConf.merge(OmegaConf.structured(PretrainConfig), self.config or {})
         resume, auto_resume = self._resume_flags(Path(cfg.output_dir) / CHECKPOINT)
         with PreemptionGuard(grace_s=max(5.0, self.signal_delay_s / 2)) as guard:

@@ -33,7 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..config import to_dict
 from ..errors import UserError
+from ..ssl.pretrain_cli import config_from_args
 from .jobs import CommandJob, command_parser
 
 SUBMITTABLE = ("pretrain", "knn", "linear", "finetune")
@@ -234,10 +238,9 @@ class Plan:
 
 def plan_from_argv(argv: Sequence[str]) -> Plan:
     """The plan for ``container-ssl submit ARGV`` (what :func:`run` does, minus printing/submitting)."""
-    from ..cli import build_parser
-
-    args = build_parser(only="submit").parse_args(["submit", *argv])
-    return plan(args)
+    parser = argparse.ArgumentParser(prog="container-ssl submit", allow_abbrev=False)
+    configure_parser(parser)
+    return plan(parser.parse_args(list(argv)))
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -334,9 +337,6 @@ class _Target:
 
 
 def _pretrain_target(args: argparse.Namespace) -> _Target:
-    from ..config import to_dict
-    from ..ssl.trainer import config_from_args
-
     cfg = config_from_args(args)
     out = Path(cfg.output_dir).expanduser().absolute()
     cfg.output_dir = str(out)  # the job and its requeues write exactly here, whatever their cwd
@@ -390,8 +390,6 @@ def _check_resources(command: str, device: str, cluster: str, nodes: int, gpus: 
 
 
 def _local_gpus() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 

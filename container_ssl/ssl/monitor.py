@@ -16,10 +16,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ..data import build_dataset
+from ..distributed import DistInfo, barrier
 from ..eval.features import extract_features
 from ..eval.knn import check_class_sets, knn_classify
 from ..eval.transforms import eval_transform
-from ..launch.distributed import DistInfo, barrier
+from .rankme import effective_rank, embedding_std
 
 
 def online_knn(backbone: nn.Module, cfg: DictConfig, info: DistInfo) -> tuple[float, Optional[float]]:
@@ -53,8 +54,6 @@ def label_free(backbone: nn.Module, cfg: DictConfig, info: DistInfo) -> dict[str
     every epoch, so the curve moves only because the network does. Features are computed in float32
     (no autocast): bf16 rounding would bury the small singular values that RankMe counts.
     """
-    from .rankme import effective_rank, embedding_std
-
     m, a, d = cfg.monitor, cfg.aug, cfg.data
     transform = eval_transform(a.global_size, mean=list(a.mean), std=list(a.std))
     images = build_dataset(d.path, d.train_split, limit=m.rank_images, transform=transform, cache_dir=d.cache_dir,

@@ -1,7 +1,7 @@
 """DINO pretraining: a student and an EMA teacher trained with the multi-crop DINO loss.
 
 Why one function (:func:`pretrain`) with a config object: the same code path runs as a plain process,
-under torchrun and inside a submitit SLURM job (see :mod:`container_ssl.launch.distributed`), and the
+under torchrun and inside a submitit SLURM job (see :mod:`container_ssl.distributed`), and the
 resolved config saved next to the run is all that is needed to repeat it. Everything the loop needs to
 continue exactly (weights, optimiser, scaler, loss centre, position in the epoch, every RNG state) goes
 into ``checkpoint.pt``; a run started on a folder that holds one resumes from it, on the same data only
@@ -17,13 +17,11 @@ boundary, write ``checkpoint.pt`` there and exit 130 / 143 (a second signal abor
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -38,20 +36,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 
 from ..checkpoint import load_checkpoint, remove_stale_temps, save_atomic
-from ..config import changed_keys, load_config, to_dict, to_yaml
+from ..config import changed_keys, to_dict, to_yaml
 from ..data import Skipped, build_dataset, left_out_record
-from ..errors import UserError
-from ..launch.distributed import (
+from ..distributed import (
     DistInfo,
     StopSignals,
     all_reduce_sum,
     init_distributed,
     max_over_ranks,
 )
+from ..errors import UserError
 from ..models import DINOHead, create_backbone
+from ..models.affinity_probe import mix_weights
+from ..models.complexity import count_macs
 from . import optim as dino_optim
+from .augment import MultiCropTransform, denormalize
 from .ema import update_teacher
 from .loss import DINOLoss
+from .monitor import label_free, online_knn
 from .multicrop import MultiCropWrapper
 from .run_log import MetricsLog, Progress, TensorBoard
 from .sampling import ResumableSampler, SeededViews
@@ -73,46 +75,6 @@ class LearnedNothing(UserError):
 
 MAX_NAMED_UNREADABLE = 1000  # summary.json names at most this many unreadable files (all are counted)
 MAX_SKIPPED_FRACTION = 0.5  # more than half of the steps skipped for a non-finite loss: the run failed
-
-
-# --------------------------------------------------------------------------------------------- CLI
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file from configs/pretrain/ (keys: container_ssl/config.py)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. optim.epochs=10 data.path=/data/imagenet")
-    p.add_argument("--output-dir", help="same as output_dir=...")
-    p.add_argument("--resume", metavar="CKPT",
-                   help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pt when it exists)")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUTPUT_DIR has a checkpoint")
-    p.add_argument("--on-nan", choices=["stop", "skip-step"],
-                   help="non-finite loss: stop with the step number (default) or skip that step and count it")
-    p.add_argument("--allow-data-change", action="store_true",
-                   help="resume although the training set differs from the checkpoint's (the run is no longer exact)")
-
-
-def config_from_args(args: argparse.Namespace) -> DictConfig:
-    """The run's config from the pretrain command line (also used by ``submit`` to validate before submitting)."""
-    overrides = list(args.overrides or [])
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    if args.on_nan:
-        overrides.append(f"on_nan={args.on_nan}")
-    return load_config(args.config, overrides)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    summary = pretrain(cfg, resume=args.resume, auto_resume=not args.no_resume,
-                       allow_data_change=args.allow_data_change)
-    stopped = (summary or {}).get("stopped_by")
-    if stopped:  # not finished: a non-zero status (128 + the signal), and where to go on from
-        ckpt = Path(cfg.output_dir) / CHECKPOINT
-        where = (f"checkpoint written to {ckpt}; run the same command again to resume" if ckpt.is_file()
-                 else "no step was trained, no checkpoint written")
-        print(f"stopped by {stopped} after iteration {summary['iteration']} of {summary['iterations']}: {where}",
-              file=sys.stderr, flush=True)
-        return 128 + int(signal.Signals[stopped])
-    return 0
 
 
 # ------------------------------------------------------------------------------------ building parts
@@ -155,9 +117,9 @@ def build_augmentation(aug_cfg: Any, device: torch.device) -> tuple[Callable, nn
     the CPU).
     """
     if aug_cfg.backend == "cpu":
-        from .augment import MultiCropTransform
         return MultiCropTransform(aug_cfg), None
     if aug_cfg.backend == "gpu":
+        # kornia is imported only when the batched back-end is used
         from .augment_gpu import BoxAndResize, KorniaMultiCrop
         return BoxAndResize(aug_cfg), KorniaMultiCrop(aug_cfg).to(device)
     raise UserError(f"aug.backend must be 'cpu' or 'gpu', got '{aug_cfg.backend}'")
@@ -623,8 +585,6 @@ class DinoTrainer:
         self.progress.line(epoch, self.epochs, it, {"loss": values["loss"], "lr": values["lr"]})
 
     def _log_crops(self, views: list[torch.Tensor], it: int) -> None:
-        from .augment import denormalize
-
         a = self.cfg.aug
         for i, v in enumerate(views[: min(len(views), 3)]):
             self.tb.images(f"crops/view{i}", denormalize(v[:8].detach().float().cpu(), a.mean, a.std).clamp(0, 1), it)
@@ -635,8 +595,6 @@ class DinoTrainer:
         every = self.cfg.monitor.knn_every
         if not every or ((epoch + 1) % every and epoch + 1 != self.epochs):
             return
-        from .monitor import online_knn
-
         devices = [self.info.device] if self.info.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the data loaders draw seeds; keep the run's RNG stream
             top1, top5 = online_knn(self.teacher.backbone, self.cfg, self.info)
@@ -654,13 +612,9 @@ class DinoTrainer:
         """
         if not self.info.is_main:
             return
-        from ..models.affinity_probe import mix_weights
-
         m = self.cfg.monitor
         record: dict[str, Any] = {"alpha": mix_weights(self.teacher.backbone)}
         if m.rank_every and ((epoch + 1) % m.rank_every == 0 or epoch + 1 == self.epochs):
-            from .monitor import label_free
-
             devices = [self.info.device] if self.info.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):  # keep the run's RNG stream (exact resume)
                 record.update(label_free(self.teacher.backbone, self.cfg, self.info))
@@ -680,8 +634,6 @@ class DinoTrainer:
                       flush=True)
 
     def summary(self, wall_time_s: float, finished: bool, iteration: int | None = None) -> dict[str, Any]:
-        from ..models.complexity import count_macs
-
         backbone = self.student.backbone
         out = {
             "model": self.cfg.model.name, "params": sum(p.numel() for p in backbone.parameters()),
