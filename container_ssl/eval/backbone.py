@@ -30,6 +30,8 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint, strip_prefixes
 from ..errors import UserError
+from ..models import backbone_names, create_backbone
+from ..models.loading import load_released_container_light
 from .finite import require_finite_weights
 
 __all__ = ["RELEASED_DEFAULT_MODEL", "build_model", "file_sha256", "intermediate_count", "load_backbone"]
@@ -56,7 +58,6 @@ def build_model(name: str, img_size: int | None = None, patch_size: int | None =
         kwargs["img_size"] = int(img_size)
     if patch_size is not None:
         kwargs["patch_size"] = int(patch_size)
-    from ..models import backbone_names, create_backbone
     if name in backbone_names():
         return create_backbone(name, **kwargs)
     return _create_timm(name, kwargs)
@@ -98,7 +99,6 @@ def load_backbone(checkpoint: str | os.PathLike, checkpoint_key: str = "teacher"
 
     net = build_model(name, img_size=img_size, patch_size=patch_size, drop_path_rate=drop_path_rate)
     if fmt == "released":
-        from ..models.loading import load_released_container_light
         result = load_released_container_light(net, state, strict=False)
         extra = [k for k in result.unexpected_keys if not _is_head_key(net, k)]
         if result.missing_keys or extra:

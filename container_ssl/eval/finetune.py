@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from ..argtypes import float_range
-from ..checkpoint import save_atomic
+from ..checkpoint import load_checkpoint, save_atomic
 from ..data.subsets import read_subset_file, select_subset, write_subset_file
 from ..errors import UserError
 from .backbone import build_model
@@ -248,7 +248,6 @@ def _build(args: argparse.Namespace) -> tuple[nn.Module, dict]:
                              drop_path_rate=args.drop_path)
     config: dict = {}
     if args.checkpoint:
-        from ..checkpoint import load_checkpoint
         raw = load_checkpoint(args.checkpoint)
         config = dict(raw["config"]) if isinstance(raw.get("config"), dict) else {}
     model_cfg = config.get("model") or {}

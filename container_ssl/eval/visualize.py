@@ -38,6 +38,7 @@ from ..models.affinity_probe import (
     mix_weights,
     static_kernels,
 )
+from .backbone import load_backbone
 from .options import add_checkpoint_args, positive_int, resolve_device, write_json
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -62,8 +63,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .backbone import load_backbone
-
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise UserError(f"--threshold must be between 0 and 1 (a share of the attention mass), got {args.threshold}")
     queries = [_parse_query(q) for q in args.query]
