@@ -37,13 +37,10 @@ from typing import Any
 import submitit
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
 
 from ..commands import COMMANDS
-from ..config import PretrainConfig
 from ..distributed import cleanup
 from ..errors import UserError
-from ..ssl.trainer import pretrain
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -300,6 +297,12 @@ class CommandJob(submitit.helpers.Checkpointable):
 
     # ------------------------------------------------------------------------------------------ pretrain
     def _pretrain(self) -> dict[str, Any]:
+        # the training stack (trainer, omegaconf) loads only in pretraining jobs, not with `submit`
+        from omegaconf import OmegaConf
+
+        from ..config import PretrainConfig
+        from ..ssl.trainer import pretrain
+
         cfg = OmegaConf.merge(OmegaConf.structured(PretrainConfig), self.config or {})
         resume, auto_resume = self._resume_flags(Path(cfg.output_dir) / CHECKPOINT)
         with PreemptionGuard(grace_s=max(5.0, self.signal_delay_s / 2)) as guard:

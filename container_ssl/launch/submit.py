@@ -35,9 +35,7 @@ from typing import Any
 
 import torch
 
-from ..config import to_dict
 from ..errors import UserError
-from ..ssl.pretrain_cli import config_from_args
 from .jobs import CommandJob, command_parser
 
 SUBMITTABLE = ("pretrain", "knn", "linear", "finetune")
@@ -337,6 +335,10 @@ class _Target:
 
 
 def _pretrain_target(args: argparse.Namespace) -> _Target:
+    # the training stack (trainer, omegaconf) loads only when a pretraining job is planned
+    from ..config import to_dict
+    from ..ssl.pretrain_cli import config_from_args
+
     cfg = config_from_args(args)
     out = Path(cfg.output_dir).expanduser().absolute()
     cfg.output_dir = str(out)  # the job and its requeues write exactly here, whatever their cwd
