@@ -2,7 +2,9 @@
 
 Why: users drive everything from one CLI. Each sub-command lives in the module that does the work and
 exposes ``configure_parser(parser)`` and ``run(args) -> int``; this file only wires them together and
-turns :class:`~container_ssl.errors.UserError` into a one-line message (exit status 2).
+turns the expected errors (:data:`~container_ssl.errors.EXPECTED_ERRORS`: a
+:class:`~container_ssl.errors.UserError`, or the model code's
+:class:`~container_ssl.errors.InvalidArgument`) into a one-line message (exit status 2).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from .errors import UserError
+from .errors import EXPECTED_ERRORS
 
 # name -> (module, one-line help). Modules are imported only when their command is used or --help is asked.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -79,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     try:
         return int(args._run(args) or 0)
-    except UserError as e:
+    except EXPECTED_ERRORS as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
