@@ -82,7 +82,7 @@ def test_the_same_model_mistake_on_the_command_line_is_one_line(argv, says, tmp_
 
 def test_any_other_value_error_keeps_its_traceback(monkeypatch):
     """Only the expected errors become one line: a ValueError from elsewhere is a bug and must surface."""
-    import container_ssl.models.summary as summary
+    from container_ssl.models import summary
 
     def broken(args):
         raise ValueError("a bug, not bad input")
