@@ -2,9 +2,11 @@
 
 Why: users drive everything from one CLI. Each sub-command lives in the module that does the work and
 exposes ``configure_parser(parser)`` and ``run(args) -> int`` (the table is :mod:`container_ssl.commands`);
-this file only wires them together and turns :class:`~container_ssl.errors.UserError` into a one-line
-message (exit status 2). Start-up stays cheap: only the named command's module is imported; the top-level
-``--help`` (and an unknown command) needs none of them, as the table holds the one-line help.
+this file only wires them together and turns the expected errors
+(:data:`~container_ssl.errors.EXPECTED_ERRORS`: a :class:`~container_ssl.errors.UserError`, or the model
+code's :class:`~container_ssl.errors.InvalidArgument`) into a one-line message (exit status 2). Start-up
+stays cheap: only the named command's module is imported; the top-level ``--help`` (and an unknown command)
+needs none of them, as the table holds the one-line help.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 from .commands import COMMANDS
-from .errors import UserError
+from .errors import EXPECTED_ERRORS
 
 __all__ = ["COMMANDS", "build_parser", "main", "one_line"]
 
@@ -71,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     try:
         return int(args._run(args) or 0)
-    except UserError as e:
+    except EXPECTED_ERRORS as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 from ..commands import COMMANDS
 from ..distributed import cleanup
-from ..errors import UserError
+from ..errors import EXPECTED_ERRORS, UserError
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -289,7 +289,7 @@ class CommandJob(submitit.helpers.Checkpointable):
                   f"launcher {launcher}, world size {os.environ.get('WORLD_SIZE', '1')}", flush=True)
         try:
             result = self._pretrain() if self.command == "pretrain" else self._run_command()
-        except UserError as e:
+        except EXPECTED_ERRORS as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise
         return {"command": self.command, "attempt": self.attempt, "restart_count": restarts,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_checkpoint, strip_prefixes
-from ..errors import UserError
+from ..errors import InvalidArgument
 
 __all__ = ["LoadResult", "checkpoint_filter_fn", "load_released_container_light"]
 
@@ -102,9 +102,10 @@ def load_released_container_light(
 ) -> LoadResult:
     """Load a released (or native) CONTAINER-LIGHT checkpoint into ``model``.
 
-    Every mismatch (missing keys, unexpected keys, shape mismatches) is reported at once in one
-    :class:`UserError` line, so a checkpoint of another architecture is recognisable at a glance. Shape
-    mismatches always fail; with ``strict=False`` missing/unexpected keys are returned instead.
+    Every mismatch (missing keys, unexpected keys, shape mismatches) is reported at once in one line of
+    :class:`~container_ssl.errors.InvalidArgument` (a ``ValueError``), so a checkpoint of another
+    architecture is recognisable at a glance. Shape mismatches always fail; with ``strict=False``
+    missing/unexpected keys are returned instead.
     """
     if isinstance(path_or_state_dict, Mapping):
         source, raw = "state_dict", path_or_state_dict
@@ -124,9 +125,9 @@ def load_released_container_light(
                  f"{len(unexpected)} unexpected keys ({_names(unexpected)})" if unexpected else "0 unexpected keys"]
         if mismatched:
             parts.append(f"{len(mismatched)} shape mismatches ({_names(mismatched)})")
-        raise UserError(f"checkpoint {source} does not fit {arch}: " + "; ".join(parts)
-                        + "; use a checkpoint of this architecture and size"
-                        + ("" if mismatched else ", or strict=False to load only the matching keys"))
+        raise InvalidArgument(f"checkpoint {source} does not fit {arch}: " + "; ".join(parts)
+                              + "; use a checkpoint of this architecture and size"
+                              + ("" if mismatched else ", or strict=False to load only the matching keys"))
 
     model.load_state_dict({k: v for k, v in state_dict.items() if k in own and torch.is_tensor(v)}, strict=False)
     return LoadResult(missing, unexpected)

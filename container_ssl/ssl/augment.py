@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from ..config import Interpolation
 from ..errors import UserError
 from ..eval.transforms import (
     IMAGENET_MEAN,
@@ -88,16 +89,13 @@ def read_aug_settings(aug_cfg: Any) -> AugSettings:
     try:
         global_size, local_size = int(aug_cfg.global_size), int(aug_cfg.local_size)
         n_local, base_size = int(aug_cfg.n_local), int(aug_cfg.base_size)
-        interpolation = str(aug_cfg.interpolation).lower()
+        interpolation = Interpolation(str(aug_cfg.interpolation).lower()).value  # ValueError if not a member
     except AttributeError as e:
         raise UserError(f"augmentation settings are missing a key: {e}") from None
     if global_size <= 0 or local_size <= 0:
         raise UserError(f"aug.global_size and aug.local_size must be > 0, got {global_size} and {local_size}")
     if n_local < 0 or base_size < 0:
         raise UserError(f"aug.n_local and aug.base_size must be >= 0, got {n_local} and {base_size}")
-    if interpolation not in INTERPOLATIONS:
-        raise UserError(f"aug.interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                        f"got {interpolation!r}")
     jitter = _floats(aug_cfg, "jitter", 4)
     if min(jitter) < 0 or jitter[3] > 0.5:
         raise UserError(f"aug.jitter [brightness, contrast, saturation, hue] must be >= 0 with hue <= 0.5, "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..config import load_config
+from ..config import OnNan, load_config
 from .trainer import CHECKPOINT, pretrain
 
 
@@ -26,7 +26,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="CKPT",
                    help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pt when it exists)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUTPUT_DIR has a checkpoint")
-    p.add_argument("--on-nan", choices=["stop", "skip-step"],
+    p.add_argument("--on-nan", choices=[m.value for m in OnNan],
                    help="non-finite loss: stop with the step number (default) or skip that step and count it")
     p.add_argument("--allow-data-change", action="store_true",
                    help="resume although the training set differs from the checkpoint's (the run is no longer exact)")

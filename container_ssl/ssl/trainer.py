@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 
 from ..checkpoint import load_checkpoint, remove_stale_temps, save_atomic
-from ..config import changed_keys, to_dict, to_yaml
+from ..config import AugBackend, changed_keys, to_dict, to_yaml
 from ..data import Skipped, build_dataset, left_out_record
 from ..distributed import (
     DistInfo,
@@ -116,13 +116,11 @@ def build_augmentation(aug_cfg: Any, device: torch.device) -> tuple[Callable, nn
     boxes and resizes there, and makes all crops of a batch at once on the training device (which may be
     the CPU).
     """
-    if aug_cfg.backend == "cpu":
+    if AugBackend(aug_cfg.backend) is AugBackend.cpu:
         return MultiCropTransform(aug_cfg), None
-    if aug_cfg.backend == "gpu":
-        # kornia is imported only when the batched back-end is used
-        from .augment_gpu import BoxAndResize, KorniaMultiCrop
-        return BoxAndResize(aug_cfg), KorniaMultiCrop(aug_cfg).to(device)
-    raise UserError(f"aug.backend must be 'cpu' or 'gpu', got '{aug_cfg.backend}'")
+    # AugBackend.gpu; kornia is imported only when the batched back-end is used
+    from .augment_gpu import BoxAndResize, KorniaMultiCrop
+    return BoxAndResize(aug_cfg), KorniaMultiCrop(aug_cfg).to(device)
 
 
 def build_loader(cfg: DictConfig, info: DistInfo) -> tuple[DataLoader, ResumableSampler, Optional[nn.Module]]:
@@ -158,13 +156,11 @@ def cpu_thread_tip(device: torch.device, aug_backend: str, num_workers: int,
 
 
 def amp_context(cfg: DictConfig, device: torch.device) -> tuple[Callable[[], Any], Optional[torch.amp.GradScaler]]:
-    mode = cfg.optim.amp
+    mode = cfg.optim.amp  # an AmpMode: the config refused any other value
     if mode == "auto":
         mode = "bf16" if device.type == "cuda" else "none"
     if mode == "none":
         return nullcontext, None
-    if mode not in ("bf16", "fp16"):
-        raise UserError(f"optim.amp must be auto, bf16, fp16 or none, got '{mode}'")
     if mode == "fp16" and device.type != "cuda":
         raise UserError("optim.amp=fp16 needs a GPU; use bf16 or none on the CPU")
     dtype = torch.bfloat16 if mode == "bf16" else torch.float16
