@@ -48,16 +48,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .eval.backbone import load_backbone
+    from .eval.backbone import load_backbone, preprocessing
 
     if args.onnx:
         _require_onnx()
     net, info = load_backbone(args.checkpoint, args.checkpoint_key, args.model, img_size=args.img_size,
                               patch_size=args.patch_size)
-    aug = (info.get("config") or {}).get("aug") or {}
-    img_size = int(args.img_size or aug.get("global_size") or info.get("img_size") or 224)
-    written = export_backbone(net, args.out, img_size, mean=aug.get("mean"), std=aug.get("std"), onnx=args.onnx,
-                              opset=args.opset)
+    img_size, mean, std = preprocessing(info, args.img_size)
+    written = export_backbone(net, args.out, img_size, mean=mean, std=std, onnx=args.onnx, opset=args.opset)
     for path in written:
         print(f"wrote {path}")
     return 0
