@@ -178,7 +178,7 @@ class EvalContext:
         from ..data import build_dataset
         d = self.data
         return build_dataset(d.path, d.train_split if which == "train" else d.val_split,
-                             transform=transform or self.eval_transform(), cache_dir=d.cache_dir,
+                             transform=self.eval_transform() if transform is None else transform, cache_dir=d.cache_dir,
                              on_bad_image=d.on_bad_image)
 
     def splits(self, train_transform: Any = None) -> tuple[Any, Any]:
