@@ -26,7 +26,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 from .errors import UserError
-from .eval.backbone import load_backbone
+from .eval.backbone import load_backbone, preprocessing
 from .eval.options import add_checkpoint_args, positive_int
 from .eval.transforms import IMAGENET_MEAN, IMAGENET_STD, default_crop_ratio
 from .pretrained import CONFIG_NAME, WEIGHTS_NAME, load_pretrained
@@ -54,10 +54,8 @@ def run(args: argparse.Namespace) -> int:
         _require_onnx()
     net, info = load_backbone(args.checkpoint, args.checkpoint_key, args.model, img_size=args.img_size,
                               patch_size=args.patch_size)
-    aug = (info.get("config") or {}).get("aug") or {}
-    img_size = int(args.img_size or aug.get("global_size") or info.get("img_size") or 224)
-    written = export_backbone(net, args.out, img_size, mean=aug.get("mean"), std=aug.get("std"), onnx=args.onnx,
-                              opset=args.opset)
+    img_size, mean, std = preprocessing(info, args.img_size)
+    written = export_backbone(net, args.out, img_size, mean=mean, std=std, onnx=args.onnx, opset=args.opset)
     for path in written:
         print(f"wrote {path}")
     return 0

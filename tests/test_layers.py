@@ -41,7 +41,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("eval", ("container_ssl.eval", "container_ssl.export")),
     ("models", ("container_ssl.models", "container_ssl.pretrained", "container_ssl")),
     ("data/config/checkpoint/distributed", ("container_ssl.data", "container_ssl.config", "container_ssl.checkpoint",
-                                            "container_ssl.distributed", "container_ssl.argtypes")),
+                                            "container_ssl.distributed", "container_ssl.argtypes",
+                                            "container_ssl.run")),
     ("errors", ("container_ssl.errors", "container_ssl.commands")),
 ]
 

@@ -25,7 +25,6 @@ from ..errors import UserError
 from ..eval.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    INTERPOLATIONS,
     interpolation_mode,
     to_uint8_image,
 )

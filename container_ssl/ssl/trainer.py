@@ -706,19 +706,10 @@ def _restore(ckpt: dict, student: nn.Module, teacher: nn.Module, optimizer: torc
     for key in ("student", "teacher", "optimizer", "loss", "epoch", "batch_in_epoch"):
         if key not in ckpt:
             raise UserError(f"checkpoint {path} has no '{key}' entry; it is not a container-ssl pretraining checkpoint")
+    from ..run import load_strict
+
     for name, module in (("student", student), ("teacher", teacher)):
-        own, saved = module.state_dict(), ckpt[name]
-        # checked before loading: load_state_dict raises a multi-line RuntimeError on a shape mismatch
-        missing = [k for k in own if k not in saved]
-        unexpected = [k for k in saved if k not in own]
-        shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in saved.items()
-                  if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
-        if missing or unexpected or shapes:
-            parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:2])})" for what, keys in
-                     (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
-            raise UserError(f"checkpoint {path} does not fit this model ({name}): {'; '.join(parts)}; "
-                            "use the config the run was started with")
-        module.load_state_dict(saved, strict=True)
+        load_strict(module, ckpt[name], path, f"this model ({name})", "use the config the run was started with")
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
