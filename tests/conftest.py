@@ -90,7 +90,7 @@ def write_trainer_checkpoint(cifar10_small):
     """
     from container_ssl.config import load_config
     from container_ssl.ssl.trainer import DinoTrainer
-    from tests.train.test_pretrain import TINY
+    from tests.tiny import TINY
 
     def write(out: Path, *overrides: str, epoch: int = 0) -> Path:
         cfg = load_config(overrides=[*TINY, f"data.path={cifar10_small}", f"output_dir={out}", "data.subset=32",

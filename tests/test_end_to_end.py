@@ -6,7 +6,7 @@ import json
 
 from container_ssl.checkpoint import load_checkpoint
 from container_ssl.cli import main
-from tests.train.test_pretrain import TINY
+from tests.tiny import TINY
 
 FAST = ["--num-workers", "0", "--batch-size", "100"]
 

@@ -1,16 +1,15 @@
 """Untrusted data archives: nothing is written or changed outside the cache, limits hold, no temp folder stays.
 
-The hostile archives are built here, member by member, in the shapes of real attacks: CVE-2025-4517 (nested
-long-named folders + a symlink chain longer than PATH_MAX + a hardlink out + a member that writes through
-it), ``../`` and absolute names, symlinks and hardlinks out, devices and FIFOs. Each test snapshots every
-file and folder of the test's sandbox outside the cache (path, type, bytes, mtime) and compares it after
-the extraction. A benign archive is compared with the standard library's own extraction of it.
+The hostile archives are built member by member (tests/data/archive_builders.py), in the shapes of real
+attacks: CVE-2025-4517 (nested long-named folders + a symlink chain longer than PATH_MAX + a hardlink out + a
+member that writes through it), ``../`` and absolute names, symlinks and hardlinks out, devices and FIFOs.
+Each test snapshots every file and folder of the test's sandbox outside the cache (path, type, bytes, mtime)
+and compares it after the extraction. A benign archive is compared with the standard library's own
+extraction of it.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import random
@@ -26,48 +25,17 @@ from container_ssl.data import archives
 from container_ssl.data.archives import extract_archive
 from container_ssl.data.untar import MAX_BYTES_ENV, MAX_MEMBERS_ENV, Limits
 from container_ssl.errors import UserError
-
-# from the extraction folder (CACHE/extracted/.extract-X) up to the sandbox that holds the cache
-UP = 3
+from tests.data.archive_builders import (
+    UP,
+    add,
+    completion,
+    cve_2025_4517,
+    make_tar,
+    snapshot,
+)
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def add(tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, data: bytes | None = None,
-        link: str = "", **attrs) -> None:
-    """Append one member exactly as given (tarfile.add would normalise it)."""
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, link
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    if data is not None:
-        info.size = len(data)
-    tar.addfile(info, io.BytesIO(data) if data is not None else None)
-
-
-def make_tar(path: Path, build, mode: str = "w") -> Path:
-    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tar:
-        build(tar)
-    return path
-
-
-def snapshot(root: Path, *exclude: Path) -> dict[str, tuple]:
-    """Every entry under ``root`` but ``exclude``: type, content (files) or target (links), mtime."""
-    seen = {}
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if Path(folder) / d not in exclude]
-        for name in dirs + files:
-            p = Path(folder) / name
-            st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode):
-                what = ("file", p.read_bytes())
-            elif stat.S_ISLNK(st.st_mode):
-                what = ("link", os.readlink(p))
-            else:
-                what = ("other", stat.S_IFMT(st.st_mode))
-            seen[str(p.relative_to(root))] = (*what, st.st_mtime_ns)
-    return seen
-
-
 def tree(root: Path) -> dict[str, object]:
     """Relative path -> bytes (regular files) or 'dir'; anything else is listed by its type."""
     out: dict[str, object] = {}
@@ -121,31 +89,7 @@ def only_folders_and_files(root: Path) -> None:
             assert stat.S_ISDIR(mode) or stat.S_ISREG(mode), f"{Path(folder) / name} is neither folder nor file"
 
 
-def completion(target: Path) -> dict:
-    return json.loads((target / ".complete").read_text())
-
-
 # ----------------------------------------------------------------------------------------- hostile
-def cve_2025_4517(tar: tarfile.TarFile) -> None:
-    """The public proof of concept's shape, aimed at the sandbox (UP levels above the extraction folder).
-
-    ``a -> ddd..`` in every one of 16 nested 247-character folders makes ``a/b/.../p/lll..`` resolve to a
-    path longer than PATH_MAX, where an unfixed ``os.path.realpath`` stops resolving; ``escape`` then
-    points ``UP`` levels above the extraction folder while looking inside it.
-    """
-    comp, steps, path = "d" * 247, "abcdefghijklmnop", ""
-    for s in steps:
-        add(tar, os.path.join(path, comp), tarfile.DIRTYPE)
-        add(tar, os.path.join(path, s), tarfile.SYMTYPE, link=comp)
-        path = os.path.join(path, comp)
-    chain = os.path.join(*steps, "l" * 254)
-    add(tar, chain, tarfile.SYMTYPE, link="../" * len(steps))
-    add(tar, "escape", tarfile.SYMTYPE, link=chain + "/.." * UP)
-    add(tar, "escape/outside/pwned.txt", data=b"written outside\n")  # a new file outside
-    add(tar, "flaglink", tarfile.LNKTYPE, link="escape/victim.txt")  # a hardlink to a file outside ...
-    add(tar, "flaglink", data=b"overwritten\n")  # ... written through
-
-
 def test_cve_2025_4517_shape_writes_and_changes_nothing_outside(sandbox, caplog):
     root, cache = sandbox
     archive = make_tar(archive_path(root, "cve.tar"), cve_2025_4517)

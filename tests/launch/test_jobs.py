@@ -18,7 +18,7 @@ from container_ssl.launch.jobs import (
     export_distributed_env,
 )
 from container_ssl.ssl.trainer import pretrain
-from tests.train.test_pretrain import tiny_cfg
+from tests.tiny import tiny_cfg
 
 SIG = signal.SIGUSR2
 
@@ -142,7 +142,7 @@ def test_launcher_detection(monkeypatch):
 @pytest.mark.slow
 def test_local_cluster_runs_a_two_process_pretrain(cifar10_small, tmp_path):
     from container_ssl.launch.submit import launch, plan_from_argv
-    from tests.train.test_pretrain import TINY
+    from tests.tiny import TINY
 
     out = tmp_path / "run"
     p = plan_from_argv(["pretrain", *TINY, f"data.path={cifar10_small}", "data.subset=64", "optim.epochs=1",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tests.launch.sbatch_helpers import cluster  # noqa: F401 - the fake SLURM fixture, for the sbatch drill
+
 from .figures import FIGURES
 
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.train.test_pretrain import TINY
+from tests.tiny import TINY
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -21,7 +21,7 @@ FAULT_CLI = HERE / "fault_cli.py"
 
 
 def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
-    """``pretrain`` arguments of the tiny CPU run (tests/train/test_pretrain.py's TINY overrides)."""
+    """``pretrain`` arguments of the tiny CPU run (tests/tiny.py's TINY overrides)."""
     return ["pretrain", *TINY, f"data.path={data}", f"output_dir={out}", *extra]
 
 

@@ -22,7 +22,7 @@ import torch
 
 from container_ssl.cli import main as cli_main
 from container_ssl.ssl.trainer import pretrain
-from tests.train.test_pretrain import tiny_cfg
+from tests.tiny import tiny_cfg
 
 from .figures import record, table
 from .helpers import one_line_error, sha256, short, temp_files, tiny_args

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from submitit.slurm.slurm import _make_sbatch_string
 
-from tests.launch.test_sbatch_values import WHERE, _case, _refused, cluster  # noqa: F401 - cluster is a fixture
+from tests.launch.sbatch_helpers import WHERE, newline_case, refused
 
 from .figures import record, table
 from .helpers import short
@@ -35,13 +35,13 @@ def _submitit_alone(tmp_path: Path) -> tuple[str, ...]:
 
 
 @pytest.mark.reliability
-def test_control_characters_never_reach_sbatch(tmp_path, cluster, capsys):  # noqa: F811 - the fixture
+def test_control_characters_never_reach_sbatch(tmp_path, cluster, capsys):
     rows = [_submitit_alone(tmp_path)]
     for i, where in enumerate(WHERE):
         case_dir = tmp_path / f"c{i}"
         case_dir.mkdir()
-        argv, option = _case(case_dir, where)
-        err = _refused(argv, tmp_path, cluster, capsys).strip()  # exit 2, one line, sbatch not called, no file
+        argv, option = newline_case(case_dir, where)
+        err = refused(argv, tmp_path, cluster, capsys).strip()  # exit 2, one line, sbatch not called, no file
         assert err.startswith(f"error: {option} ") and "control character" in err, err
         line = re.sub(r" '.*?(?:'|\.\.\.): control character", " <value>: control character", err)
         rows.append((where, "exit 2: " + short(line, 75), "not called", "0"))

@@ -24,6 +24,9 @@ from container_ssl.checkpoint import load_checkpoint
 
 from .figures import record, table
 from .helpers import REPO, cli_command, cli_env, run_cli, temp_files, tiny_args
+from .ranks import EXTRA as DDP_EXTRA
+from .ranks import TOTAL_ITERATIONS as DDP_TOTAL
+from .ranks import launch_ranks, wait_for_step
 
 EXTRA = ["data.subset=128", "optim.epochs=2", "data.num_workers=1"]  # 8 iterations per epoch, checkpoints per epoch
 TOTAL_ITERATIONS = 16
@@ -129,15 +132,11 @@ def test_second_ctrl_c_aborts_at_once_without_a_traceback(cifar10_small, tmp_pat
 @pytest.mark.reliability
 def test_sigterm_to_one_rank_stops_both_at_the_same_step(cifar10_small, tmp_path):
     """DDP: the rank that caught the signal tells the others (a MAX all-reduce); all save at one boundary."""
-    from .test_distributed_interrupt import EXTRA as DDP_EXTRA
-    from .test_distributed_interrupt import TOTAL_ITERATIONS as DDP_TOTAL
-    from .test_distributed_interrupt import _launch, _wait_for_step
-
     out = tmp_path / "ddp"
     extra = [x for x in DDP_EXTRA if not x.startswith("checkpoint_every_steps")]  # per-epoch saves only
-    ranks = _launch(tiny_args(cifar10_small, out, *extra), tmp_path, "ddp", 60)
+    ranks = launch_ranks(tiny_args(cifar10_small, out, *extra), tmp_path, "ddp", 60)
     try:
-        _wait_for_step(ranks[0][0], ranks[0][1], SIGNAL_AFTER)
+        wait_for_step(ranks[0][0], ranks[0][1], SIGNAL_AFTER)
         ranks[1][0].send_signal(signal.SIGTERM)  # the rank that does not save
         codes = [proc.wait(timeout=WAIT_S) for proc, _, _ in ranks]
     finally:

@@ -1,7 +1,7 @@
 """Drill 4c: a hostile data archive writes and changes nothing outside the cache, and leaves no temp folder.
 
 Why: ``data.path=some.tar`` is often a download. Each archive here is an attack or a broken download built
-member by member (see tests/data/test_archives.py for the shapes); the sandbox around the cache holds the
+member by member (see tests/data/archive_builders.py for the shapes); the sandbox around the cache holds the
 file the attacks aim at, and every entry in it is compared before and after. For reference the first row
 runs the old extraction (``tarfile`` with ``filter="data"`` alone) on the CVE-2025-4517 archive: on a
 Python without the fix it escapes; whatever it does is printed, not asserted. The refusals also go through
@@ -23,7 +23,13 @@ from container_ssl.data import untar
 from container_ssl.data.archives import extract_archive
 from container_ssl.data.untar import MAX_BYTES_ENV, MAX_MEMBERS_ENV
 from container_ssl.errors import UserError
-from tests.data.test_archives import add, completion, cve_2025_4517, make_tar, snapshot
+from tests.data.archive_builders import (
+    add,
+    completion,
+    cve_2025_4517,
+    make_tar,
+    snapshot,
+)
 
 from .figures import record, table
 from .helpers import one_line_error, short, tiny_args

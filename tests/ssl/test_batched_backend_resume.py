@@ -12,7 +12,7 @@ import torch
 
 from container_ssl.checkpoint import load_checkpoint
 from container_ssl.ssl.trainer import pretrain
-from tests.train.test_pretrain import tiny_cfg
+from tests.tiny import tiny_cfg
 
 
 def test_batched_backend_resumes_exactly(cifar10_small, tmp_path):

@@ -12,7 +12,7 @@ import torch
 
 from container_ssl.checkpoint import load_checkpoint
 from container_ssl.ssl.trainer import DinoTrainer, pretrain
-from tests.train.test_pretrain import tiny_cfg
+from tests.tiny import tiny_cfg
 
 COMMON = ["data.subset=64", "optim.epochs=2"]  # 4 iterations per epoch, 8 in all
 STEP_S = 10.0

@@ -67,7 +67,7 @@ def _pretrain_worker(rank: int, world: int, port: int, overrides: list[str]) -> 
 
 @pytest.mark.slow
 def test_pretrain_runs_under_two_gloo_ranks(cifar10_small, tmp_path):
-    from tests.train.test_pretrain import TINY
+    from tests.tiny import TINY
 
     out = tmp_path / "ddp"
     overrides = TINY + [f"data.path={cifar10_small}", f"output_dir={out}", "data.subset=64", "optim.epochs=1",

@@ -13,8 +13,7 @@ from container_ssl.data import build_dataset
 from container_ssl.eval.backbone import load_backbone
 from container_ssl.eval.transforms import eval_transform
 from container_ssl.ssl.trainer import pretrain
-
-from .test_pretrain import tiny_cfg
+from tests.tiny import tiny_cfg
 
 
 def test_monitor_logs_alpha_rank_and_warns_on_collapse(cifar10_small, tmp_path, capsys):

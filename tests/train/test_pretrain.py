@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,19 +11,7 @@ from container_ssl.checkpoint import load_checkpoint
 from container_ssl.config import load_config
 from container_ssl.errors import UserError
 from container_ssl.ssl.trainer import DinoTrainer, pretrain
-
-TINY = [
-    "device=cpu", "model.name=container_light_nano", "model.img_size=32", "model.patch_size=2",
-    "model.out_dim=256", "model.hidden_dim=64", "model.bottleneck_dim=32", "model.drop_path_rate=0.1",
-    "aug.global_size=32", "aug.local_size=16", "aug.n_local=2", "data.num_workers=0",
-    "optim.batch_size_per_gpu=16", "optim.warmup_epochs=1", "optim.base_lr=0.004",
-    "loss.warmup_teacher_temp_epochs=1", "monitor.log_every=1", "monitor.log_images=false",
-    "checkpoint_every_epochs=1",
-]
-
-
-def tiny_cfg(data: Path, out: Path, *extra: str):
-    return load_config(overrides=TINY + [f"data.path={data}", f"output_dir={out}", *extra])
+from tests.tiny import tiny_cfg
 
 
 def _same_weights(a: dict, b: dict) -> list[str]:

@@ -22,7 +22,7 @@ import torch
 from container_ssl.checkpoint import load_checkpoint
 from container_ssl.cli import main
 from container_ssl.launch.submit import launch, plan_from_argv
-from tests.train.test_pretrain import TINY
+from tests.tiny import TINY
 
 pytestmark = pytest.mark.slurm
 
