@@ -1,4 +1,5 @@
-"""Shared fixtures: a small real CIFAR-10 ImageFolder cut from the shared archive (never committed)."""
+"""Shared fixtures: a small real CIFAR-10 ImageFolder cut from the shared archive (never committed), and the
+tiny pretraining run that several files compare with, made once per session."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from tests.tiny import REFERENCE, TINY, tiny_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,7 +93,6 @@ def write_trainer_checkpoint(cifar10_small):
     """
     from container_ssl.config import load_config
     from container_ssl.ssl.trainer import DinoTrainer
-    from tests.tiny import TINY
 
     def write(out: Path, *overrides: str, epoch: int = 0) -> Path:
         cfg = load_config(overrides=[*TINY, f"data.path={cifar10_small}", f"output_dir={out}", "data.subset=32",
@@ -99,3 +101,28 @@ def write_trainer_checkpoint(cifar10_small):
         return out / "checkpoint.pt"
 
     return write
+
+
+@pytest.fixture(scope="session")
+def reference_run(cifar10_small, tmp_path_factory) -> Path:
+    """The run folder of the tiny pretraining with ``tests.tiny.REFERENCE`` (8 steps), never interrupted.
+
+    Why shared: the resume and requeue tests in several files compare their interrupted runs with this same
+    run; it is made once. Read only: a test that resumes or writes into a run makes its own.
+    Session fixtures are set up before the function-scoped ``_one_thread`` and ``_isolated_cache``, so the
+    run sets both itself: the bitwise comparisons need the one intra-op thread the tests train with.
+    """
+    import torch
+
+    from container_ssl.ssl.trainer import pretrain
+
+    out = tmp_path_factory.mktemp("reference_run")
+    before = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONTAINER_SSL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        torch.set_num_threads(1)
+        try:
+            pretrain(tiny_cfg(cifar10_small, out, *REFERENCE))
+        finally:
+            torch.set_num_threads(before)
+    return out

@@ -3,6 +3,7 @@
 Why a plain module (and not only fixtures in ``tests/conftest.py``): the overrides are needed where no fixture
 reaches, in module-level constants and in the argument lists of CLI subprocesses; and a test module must not
 import another test module (tests/test_test_imports.py), so they cannot live in a ``test_*.py`` file.
+``tests/conftest.py`` builds its shared runs from these too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ TINY = [
     "loss.warmup_teacher_temp_epochs=1", "monitor.log_every=1", "monitor.log_images=false",
     "checkpoint_every_epochs=1",
 ]
+
+# 64 images in batches of 16: 4 iterations per epoch, 8 in all; the uninterrupted run that the resume tests
+# compare with (tests/conftest.py's ``reference_run``)
+REFERENCE = ["data.subset=64", "optim.epochs=2"]
 
 
 def tiny_cfg(data: Path, out: Path, *extra: str) -> DictConfig:

@@ -18,7 +18,7 @@ from container_ssl.launch.jobs import (
     export_distributed_env,
 )
 from container_ssl.ssl.trainer import pretrain
-from tests.tiny import tiny_cfg
+from tests.tiny import REFERENCE, tiny_cfg
 
 SIG = signal.SIGUSR2
 
@@ -43,10 +43,9 @@ def fake_handler():
     signal.signal(SIG, previous)
 
 
-def test_signal_stops_at_a_step_boundary_and_requeues_after_the_save(cifar10_small, tmp_path, fake_handler):
-    common = ["data.subset=64", "optim.epochs=2"]  # 4 iterations per epoch, 8 in all
-    straight = tmp_path / "straight"
-    pretrain(tiny_cfg(cifar10_small, straight, *common))
+def test_signal_stops_at_a_step_boundary_and_requeues_after_the_save(cifar10_small, tmp_path, fake_handler,
+                                                                       reference_run):
+    common, straight = REFERENCE, reference_run  # 4 iterations per epoch, 8 in all; the uninterrupted run
 
     out = tmp_path / "split"
     handler = FakeSubmititHandler(out)

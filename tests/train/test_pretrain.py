@@ -11,17 +11,15 @@ from container_ssl.checkpoint import load_checkpoint
 from container_ssl.config import load_config
 from container_ssl.errors import UserError
 from container_ssl.ssl.trainer import DinoTrainer, pretrain
-from tests.tiny import tiny_cfg
+from tests.tiny import REFERENCE, tiny_cfg
 
 
 def _same_weights(a: dict, b: dict) -> list[str]:
     return [k for k in a if not torch.equal(a[k], b[k])]
 
 
-def test_resume_mid_epoch_gives_identical_weights(cifar10_small, tmp_path):
-    common = ["data.subset=64", "optim.epochs=2"]  # 4 iterations per epoch, 8 in all
-    straight = tmp_path / "straight"
-    pretrain(tiny_cfg(cifar10_small, straight, *common))
+def test_resume_mid_epoch_gives_identical_weights(cifar10_small, tmp_path, reference_run):
+    common, straight = REFERENCE, reference_run  # 4 iterations per epoch, 8 in all
 
     split = tmp_path / "split"
     pretrain(tiny_cfg(cifar10_small, split, *common, "max_steps=3"))  # stops inside epoch 0
