@@ -32,7 +32,10 @@ def test_pretrain_then_every_evaluator_then_report(cifar10_small, tmp_path):
         assert [m["type"] for m in metrics if m["type"] == "knn"] == ["knn"]
         knn = json.loads((run / "eval" / "knn.json").read_text())
         assert [r["k"] for r in knn["results"]] == [10, 20] and knn["val"]["images"] == 100
-        assert 0 <= json.loads((run / "eval" / "linear.json").read_text())["top1"] <= 100
+        # the reported top-1 is the one val evaluation the probe's log recorded
+        linear = json.loads((run / "eval" / "linear.json").read_text())
+        log = [json.loads(x) for x in (run / "eval" / "linear_log.jsonl").read_text().splitlines()]
+        assert [x["val_top1"] for x in log if x["phase"] == "val"] == [linear["top1"]]
         finetune = json.loads((run / "eval" / "finetune_0.1.json").read_text())
         assert finetune["subset_images"] == 30 and finetune["val_images"] == 100
 
