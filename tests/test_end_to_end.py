@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from container_ssl.checkpoint import load_checkpoint
 from container_ssl.cli import main
 from tests.tiny import TINY
@@ -11,6 +13,7 @@ from tests.tiny import TINY
 FAST = ["--num-workers", "0", "--batch-size", "100"]
 
 
+@pytest.mark.slow  # two pretrainings, then every evaluator and the report on each
 def test_pretrain_then_every_evaluator_then_report(cifar10_small, tmp_path):
     runs = []
     for name, model in (("container", ["model.name=container_light_nano", "model.patch_size=2"]),

@@ -52,6 +52,7 @@ def test_last_layer_frozen_in_first_epoch(cifar10_small, tmp_path):
     assert any(not torch.equal(now[k], v) for k, v in other.items()), "the rest of the head did not train"
 
 
+@pytest.mark.slow  # 48 steps: the longest single run of the training tests
 def test_short_real_run_learns_without_collapse(cifar10_small, tmp_path):
     out = tmp_path / "run"
     summary = pretrain(tiny_cfg(cifar10_small, out, "optim.epochs=6", "optim.warmup_epochs=1",
