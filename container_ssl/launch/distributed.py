@@ -87,6 +87,22 @@ def max_over_ranks(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+_PEER_FAILURE_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out",
+                         "timeout", "gloo", "nccl", "processgroup", "c10d", "socket")
+
+
+def peer_failure_line(e: BaseException) -> str | None:
+    """The gist of an error of a torch.distributed collective (a peer rank died, hung or became unreachable)
+    in one short line; None for any other error."""
+    if not (isinstance(e, dist.DistError) or any(m in str(e).lower() for m in _PEER_FAILURE_MARKERS)):
+        return None
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    if line.startswith("[") and "] " in line:  # drop gloo's "[.../pair.cc:561] " source location
+        line = line.split("] ", 1)[1]
+    return line.split(". ", 1)[0][:160]
+
+
 class StopSignals:
     """Ctrl-C (SIGINT) and SIGTERM ask the training loop to stop at the next step boundary.
 

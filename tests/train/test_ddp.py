@@ -12,8 +12,10 @@ import torch.multiprocessing as mp
 
 from container_ssl.checkpoint import load_checkpoint
 from container_ssl.ssl.loss import DINOLoss
+from container_ssl.ssl.schedules import teacher_temp_schedule
 
 OUT_DIM, NCROPS, BATCH = 16, 4, 6
+TEMP = float(teacher_temp_schedule(0.04, 0.07, 30, 10)[3])  # epoch 3 of 10 under the default warm-up
 
 
 def _free_port() -> int:
@@ -35,8 +37,8 @@ def _loss_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     student, teacher = _inputs()
     half = BATCH // world
     mine = slice(rank * half, (rank + 1) * half)
-    loss_fn = DINOLoss(OUT_DIM, NCROPS, nepochs=10)
-    loss = loss_fn(student[:, mine].reshape(-1, OUT_DIM), teacher[:, mine].reshape(-1, OUT_DIM), epoch=3)
+    loss_fn = DINOLoss(OUT_DIM, NCROPS)
+    loss = loss_fn(student[:, mine].reshape(-1, OUT_DIM), teacher[:, mine].reshape(-1, OUT_DIM), TEMP)
     torch.save({"loss": loss.detach(), "center": loss_fn.center.clone()}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -44,8 +46,8 @@ def _loss_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
     mp.spawn(_loss_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     student, teacher = _inputs()
-    single = DINOLoss(OUT_DIM, NCROPS, nepochs=10)
-    ref_loss = single(student.reshape(-1, OUT_DIM), teacher.reshape(-1, OUT_DIM), epoch=3)
+    single = DINOLoss(OUT_DIM, NCROPS)
+    ref_loss = single(student.reshape(-1, OUT_DIM), teacher.reshape(-1, OUT_DIM), TEMP)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     # DDP averages gradients over ranks: the objective is the mean of the per-rank losses
     assert torch.allclose((ranks[0]["loss"] + ranks[1]["loss"]) / 2, ref_loss, atol=1e-6)
@@ -78,3 +80,4 @@ def test_pretrain_runs_under_two_gloo_ranks(cifar10_small, tmp_path):
     assert ckpt["iteration"] == 4  # 64 images / (8 per rank x 2 ranks)
     # SyncBatchNorm keeps plain BatchNorm keys, so the checkpoint loads into a single-process model
     assert any(k.endswith("running_mean") for k in ckpt["student"])
+
