@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..eval.finite import non_finite_counts
 
 MAX_SKIPPED_FRACTION = 0.5  # more than half of the steps skipped for a non-finite loss: the run failed
 
@@ -57,8 +58,8 @@ def check_learned(it: int, steps_run: int, trained: int, skipped_images: int, na
 
 def check_finite_weights(modules: dict[str, nn.Module], iteration: int, checkpoint: Path) -> None:
     """Rule (3): refuse to save ``modules`` (by name) when a parameter holds NaN/inf."""
-    bad = [f"{what}.{name}" for what, m in modules.items() for name, p in m.named_parameters()
-           if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    bad = list(non_finite_counts({f"{what}.{name}": p for what, m in modules.items()
+                                  for name, p in m.named_parameters()}))
     if bad:
         kept = f"the last checkpoint {checkpoint} is unchanged" if checkpoint.is_file() else "no checkpoint was written"
         fail(f"{len(bad)} weight tensor(s) became non-finite by iteration {iteration} (e.g. {bad[0]}); not saved, "
