@@ -87,11 +87,15 @@ class Monitors:
     """Runs the monitors after an epoch and writes what they find: ``log`` (metrics lines), ``tb``
     (TensorBoard, None off rank 0) and the console.
 
+    Why an object: the label-free monitor's fixed batch is built once, at its first use, and reused every
+    epoch; building it lists (and, for an archive, checks) the whole train split only to keep a seeded few
+    hundred images, the same ones each time.
     """
 
     def __init__(self, cfg: DictConfig, info: DistInfo, epochs: int, log: Callable[[dict[str, Any]], None],
                  tb: Any) -> None:
         self.cfg, self.info, self.epochs, self.log, self.tb = cfg, info, epochs, log, tb
+        self._rank_batch: Dataset | None = None
 
     def after_epoch(self, teacher_backbone: nn.Module, epoch: int, it: int) -> None:
         self.knn(teacher_backbone, epoch, it)
@@ -128,7 +132,9 @@ class Monitors:
         record: dict[str, Any] = {"alpha": mix_weights(backbone)}
         if m.rank_every and ((epoch + 1) % m.rank_every == 0 or epoch + 1 == self.epochs):
             with self._forked_rng():  # keep the run's RNG stream (exact resume)
-                record.update(label_free(backbone, rank_batch(self.cfg), self.info.device, self.cfg.data.num_workers))
+                if self._rank_batch is None:
+                    self._rank_batch = rank_batch(self.cfg)
+                record.update(label_free(backbone, self._rank_batch, self.info.device, self.cfg.data.num_workers))
         if not record["alpha"] and len(record) == 1:
             return
         self.log({"type": "monitor", "epoch": epoch, "iteration": it, **record})
