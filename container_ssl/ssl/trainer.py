@@ -180,10 +180,11 @@ class DinoTrainer:
         try:
             with StopSignals() as signals:
                 for epoch in range(self.start_epoch, self.epochs):
-                    if it >= max_steps or stopping or self._over_budget(0.0):
+                    if it >= max_steps or stopping:
                         break
-                    if self._signal_stop(signals):
-                        interrupted = True
+                    over_budget, caught = self._stop_decision(signals, 0.0)
+                    if over_budget or caught:
+                        interrupted = caught
                         break
                     first = self.start_batch if epoch == self.start_epoch else 0
                     self.sampler.set_epoch(epoch, first)
@@ -197,11 +198,12 @@ class DinoTrainer:
                         if views is not None:
                             images += self.train_step(views, epoch, it)
                         batch, it = batch + 1, it + 1
-                        if it >= max_steps or self._over_budget(self.clock() - t0):
+                        if it >= max_steps:
                             stopping = True
                             break
-                        if self._signal_stop(signals) or stop_requested():  # to be continued: not judged yet
-                            stopping = interrupted = True
+                        over_budget, caught = self._stop_decision(signals, self.clock() - t0)
+                        if over_budget or caught or stop_requested():  # a signal: to be continued, not judged yet
+                            stopping, interrupted = True, not over_budget
                             break
                         if cfg.checkpoint_every_steps and it % cfg.checkpoint_every_steps == 0 and batch < self.iters:
                             self.save(epoch, batch)
@@ -266,23 +268,16 @@ class DinoTrainer:
         return n
 
     # ------------------------------------------------------------------------- stopping and failing
-    def _over_budget(self, epoch_elapsed_s: float) -> bool:
-        """True once the training time (this run's and the resumed runs', monitoring excluded) reaches
-        ``max_minutes``; all ranks agree, so they stop at the same step boundary."""
-        if not self.cfg.max_minutes:
-            return False
-        over = self.stats["train_time_s"] + epoch_elapsed_s >= self.cfg.max_minutes * 60.0
-        if self.info.distributed:
-            over = bool(all_reduce_sum(torch.tensor([float(over)], device=self.info.device)).item() > 0)
-        self.budget_reached = self.budget_reached or over
-        return over
-
-    def _signal_stop(self, signals: StopSignals) -> bool:
-        """True on every rank once any rank caught SIGINT/SIGTERM (all stop at this step boundary)."""
-        signum = max_over_ranks(int(signals.received or 0), self.info.device)
-        if signum:
+    def _stop_decision(self, signals: StopSignals, epoch_elapsed_s: float) -> tuple[bool, bool]:
+        """(the training time of this and the resumed runs reached ``max_minutes``, a SIGINT/SIGTERM was caught),
+        the same on every rank: one MAX all-reduce carries both. The budget wins over a signal in the same step."""
+        m = self.cfg.max_minutes
+        over = bool(m) and self.stats["train_time_s"] + epoch_elapsed_s >= m * 60.0
+        signum, over = max_over_ranks([int(signals.received or 0), int(over)], self.info.device)
+        self.budget_reached = self.budget_reached or bool(over)
+        if signum and not over:
             self.stopped_by = signal.Signals(signum).name
-        return bool(signum)
+        return bool(over), bool(signum) and not over
 
     def _on_non_finite(self, loss: torch.Tensor, stats: dict[str, Any], epoch: int, it: int) -> None:
         if self.cfg.on_nan != "skip-step":

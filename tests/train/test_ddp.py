@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -67,6 +68,24 @@ def _pretrain_worker(rank: int, world: int, port: int, overrides: list[str]) -> 
     cleanup()
 
 
+def _counting_worker(rank: int, world: int, port: int, overrides: list[str], out_dir: str) -> None:
+    """``_pretrain_worker`` with every ``torch.distributed.all_reduce`` call counted (written to a file)."""
+    calls = []
+    real = dist.all_reduce
+
+    def counting(tensor, *args, **kwargs):
+        calls.append(tuple(tensor.shape))
+        return real(tensor, *args, **kwargs)
+
+    dist.all_reduce = counting
+    try:
+        _pretrain_worker(rank, world, port, overrides)
+    finally:
+        dist.all_reduce = real
+    with open(os.path.join(out_dir, f"all_reduce{rank}.json"), "w") as f:
+        json.dump(calls, f)
+
+
 @pytest.mark.slow
 def test_pretrain_runs_under_two_gloo_ranks(cifar10_small, tmp_path):
     from tests.train.test_pretrain import TINY
@@ -81,3 +100,23 @@ def test_pretrain_runs_under_two_gloo_ranks(cifar10_small, tmp_path):
     # SyncBatchNorm keeps plain BatchNorm keys, so the checkpoint loads into a single-process model
     assert any(k.endswith("running_mean") for k in ckpt["student"])
 
+
+@pytest.mark.slow
+def test_stop_signals_and_the_budget_share_one_collective_per_step(cifar10_small, tmp_path):
+    """Under DDP each step ends with one decision all ranks share: a caught signal or the wall-time budget.
+
+    Both travel in one MAX all-reduce; a per-decision collective would add a round trip between the ranks
+    to every step. With a budget set (never reached), 4 steps in 1 epoch make: 1 decision before the epoch,
+    per step the loss centre and the finite-loss check, a decision after each step but the last (which
+    ends the run), and the epoch's sample counts.
+    """
+    from tests.train.test_pretrain import TINY
+
+    out, steps = tmp_path / "ddp", 4
+    overrides = TINY + [f"data.path={cifar10_small}", f"output_dir={out}", "data.subset=64", "optim.epochs=1",
+                        "optim.batch_size_per_gpu=8", "max_minutes=1000"]
+    mp.spawn(_counting_worker, args=(2, _free_port(), overrides, str(tmp_path)), nprocs=2, join=True)
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == steps
+    for rank in range(2):
+        calls = json.loads((tmp_path / f"all_reduce{rank}.json").read_text())
+        assert len(calls) == 1 + 2 * steps + (steps - 1) + 1, calls
