@@ -5,7 +5,6 @@ import pytest
 
 from container_ssl.config import load_config
 from container_ssl.errors import UserError
-from container_ssl.ssl.ema import teacher_momentum_schedule
 from container_ssl.ssl.schedules import Schedules, cosine_schedule, teacher_temp_schedule
 
 
@@ -25,7 +24,9 @@ def test_no_warmup_and_increasing_schedule():
     s = cosine_schedule(0.996, 1.0, epochs=3, iters_per_epoch=5)
     assert len(s) == 15 and s[0] == pytest.approx(0.996) and abs(s[-1] - 1.0) < 1e-9
     assert np.all(np.diff(s) > 0)
-    np.testing.assert_array_equal(teacher_momentum_schedule(0.996, 1.0, 3, 5), s)
+    cfg = load_config(overrides=["optim.epochs=3", "optim.warmup_epochs=0", "optim.momentum_teacher=0.996",
+                                 "optim.momentum_teacher_end=1.0"])
+    np.testing.assert_array_equal(Schedules.for_run(cfg, iters_per_epoch=5, world_size=1).momentum, s)
 
 
 def test_cosine_midpoint_is_average():
