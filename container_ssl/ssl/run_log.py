@@ -150,7 +150,8 @@ class RunLog:
         from .augment import denormalize
 
         for i, v in enumerate(views[: min(len(views), 3)]):
-            self.tb.images(f"crops/view{i}", denormalize(v[:8].detach().float().cpu(), mean, std).clamp(0, 1), iteration)
+            images = denormalize(v[:8].detach().float().cpu(), mean, std).clamp(0, 1)
+            self.tb.images(f"crops/view{i}", images, iteration)
 
     def close(self) -> None:
         for sink in (self.metrics, self.tb):

@@ -149,7 +149,8 @@ class DinoTrainer:
         self.epochs, self.iters = cfg.optim.epochs, self.sampler.batches_per_epoch
         self.total_iters = self.epochs * self.iters
         self.sched = Schedules.for_run(cfg, self.iters, info.world_size)
-        self.optimizer = build_optimizer(cfg.optim.optimizer, self.dino.param_groups(), fused=info.device.type == "cuda")
+        fused = info.device.type == "cuda"
+        self.optimizer = build_optimizer(cfg.optim.optimizer, self.dino.param_groups(), fused=fused)
         self.stats = {"skipped_images": 0, "nan_steps_skipped": 0, "train_time_s": 0.0, "images_seen": 0}
         self.failure: str | None = None
         self.unreadable_files: list[dict[str, str]] = []  # named by this rank in this invocation
@@ -165,16 +166,16 @@ class DinoTrainer:
         self.start_iteration = self.start_epoch * self.iters + self.start_batch
         if info.is_main:
             (out / "config.yaml").write_text(to_yaml(cfg))
-        self.log = RunLog(out, self.start_iteration, self.total_iters, self.epochs, info.is_main)
+        self.run_log = RunLog(out, self.start_iteration, self.total_iters, self.epochs, info.is_main)
         from .monitor import Monitors  # the evaluation code loads once a run starts
 
-        self.monitors = Monitors(cfg, info, self.epochs, self.log.write, self.log.tb)
+        self.monitors = Monitors(cfg, info, self.epochs, self.run_log.write, self.run_log.tb)
 
     # ------------------------------------------------------------------------------------------ loop
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
         cfg, it, stopping, interrupted = self.cfg, self.start_iteration, False, False
         max_steps = min(cfg.max_steps or self.total_iters, self.total_iters)
-        self.log.progress = Progress(self.total_iters, it)
+        self.run_log.progress = Progress(self.total_iters, it)
         t_start = self.clock()
         trained = 0  # samples trained by this invocation, all ranks
         try:
@@ -220,10 +221,10 @@ class DinoTrainer:
                     if batch < self.iters:  # stopped inside the epoch
                         self.save(epoch, batch)
                         break
-                    self.log.write({"type": "epoch", "epoch": epoch, "iteration": it - 1,
-                                    "images_per_s": images * self.info.world_size / max(dt, 1e-9), "epoch_time_s": dt,
-                                    "skipped_images": self.stats["skipped_images"],
-                                    "nan_steps_skipped": self.stats["nan_steps_skipped"]})
+                    self.run_log.write({"type": "epoch", "epoch": epoch, "iteration": it - 1,
+                                        "images_per_s": images * self.info.world_size / max(dt, 1e-9),
+                                        "epoch_time_s": dt, "skipped_images": self.stats["skipped_images"],
+                                        "nan_steps_skipped": self.stats["nan_steps_skipped"]})
                     self.monitors.after_epoch(self.dino.teacher.backbone, epoch, it - 1)
                     every = cfg.checkpoint_every_epochs  # periodic checkpoint_XXXX.pt, and always after the last
                     self.save(epoch + 1, 0, periodic=bool(every) and ((epoch + 1) % every == 0
@@ -236,7 +237,7 @@ class DinoTrainer:
             self.summary(self.clock() - t_start, finished=False, iteration=it)
             raise
         finally:
-            self.log.close()
+            self.run_log.close()
         if self.budget_reached and self.info.is_main:
             print(f"stopped by the wall-time budget (max_minutes={cfg.max_minutes}) at iteration {it} of "
                   f"{self.total_iters}; {self.out / CHECKPOINT} holds it: run again with a larger max_minutes "
@@ -259,12 +260,12 @@ class DinoTrainer:
         momentum = float(self.sched.momentum[it])
         self.dino.update_teacher(momentum)
         n = views[0].shape[0]
-        self.log.progress.add_images(n * self.info.world_size)
+        self.run_log.progress.add_images(n * self.info.world_size)
         if it == self.start_iteration and cfg.monitor.log_images:
-            self.log.crops(views, cfg.aug.mean, cfg.aug.std, it)
+            self.run_log.crops(views, cfg.aug.mean, cfg.aug.std, it)
         if (it + 1) % cfg.monitor.log_every == 0 or it + 1 == self.total_iters:
-            self.log.step(epoch, it, {"loss": loss.detach(), "lr": self.sched.lr[it], "wd": self.sched.wd[it],
-                                      "momentum": momentum, **{k: v for k, v in stats.items() if k != "loss"}})
+            self.run_log.step(epoch, it, {"loss": loss.detach(), "lr": self.sched.lr[it], "wd": self.sched.wd[it],
+                                          "momentum": momentum, **{k: v for k, v in stats.items() if k != "loss"}})
         return n
 
     # ------------------------------------------------------------------------- stopping and failing
@@ -284,7 +285,7 @@ class DinoTrainer:
             raise health.non_finite_loss(loss, stats, epoch, it, self.out / CHECKPOINT)
         self.stats["nan_steps_skipped"] += 1
         self.optimizer.zero_grad(set_to_none=True)
-        self.log.write({"type": "nan_skip", "epoch": epoch, "iteration": it, "loss": float(loss.detach())})
+        self.run_log.write({"type": "nan_skip", "epoch": epoch, "iteration": it, "loss": float(loss.detach())})
         if self.info.is_main:
             print(f"warning: non-finite loss at step {it + 1}; step skipped "
                   f"({self.stats['nan_steps_skipped']} so far)", flush=True)
@@ -300,10 +301,10 @@ class DinoTrainer:
         rng = gather_rng_states()
         if not self.info.is_main:
             return
-        nets = self.dino.state_dict()
+        nets, scaler = self.dino.state_dict(), self.dino.scaler
         state = {
             "config": to_dict(self.cfg), "student": nets["student"], "teacher": nets["teacher"],
-            "optimizer": self.optimizer.state_dict(), "scaler": self.dino.scaler.state_dict() if self.dino.scaler else None,
+            "optimizer": self.optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
             "loss": nets["loss"], "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "iteration": epoch * self.iters + batch_in_epoch, "rng": rng, "world_size": self.info.world_size,
             "stats": dict(self.stats), "data": dict(self.data_fingerprint),

@@ -5,7 +5,11 @@ import pytest
 
 from container_ssl.config import load_config
 from container_ssl.errors import UserError
-from container_ssl.ssl.schedules import Schedules, cosine_schedule, teacher_temp_schedule
+from container_ssl.ssl.schedules import (
+    Schedules,
+    cosine_schedule,
+    teacher_temp_schedule,
+)
 
 
 def test_warmup_then_cosine_end_points():
