@@ -16,32 +16,39 @@ __all__ = ["float_range", "int_range"]
 
 
 def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
-    """An argparse type accepting whole numbers in ``[lo, hi]`` (either bound may be None)."""
+    """An argparse type accepting whole numbers in ``[lo, hi]`` (either bound may be None); the message
+    names the bound that was crossed (``must be at least 1``, ``must be at most 65535``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"must be {_describe(lo, hi, False, False, 'a whole number')}, got {text}")
+        if lo is not None and value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {text}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi}, got {text}")
         return value
     parse.__name__ = "int"
     return parse
 
 
-def float_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                hi_open: bool = False) -> Callable[[str], float]:
-    """An argparse type accepting finite numbers between ``lo`` and ``hi`` (open bounds when ``*_open``)."""
+def float_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+                what: str = "a number", says: str | None = None) -> Callable[[str], float]:
+    """An argparse type accepting finite numbers between ``lo`` and ``hi`` (open bounds when ``*_open``).
+
+    ``what`` names the quantity (``a number of GB``); ``says`` replaces the generated description of the
+    valid range when a unit makes a plainer one (``a finite number of GB, at least 1 MB``).
+    """
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
         bad = not math.isfinite(value)
         bad = bad or (lo is not None and (value <= lo if lo_open else value < lo))
         bad = bad or (hi is not None and (value >= hi if hi_open else value > hi))
         if bad:
-            raise argparse.ArgumentTypeError(f"must be {_describe(lo, hi, lo_open, hi_open, 'a number')}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {says or _describe(lo, hi, lo_open, hi_open, what)}, got {text}")
         return value
     parse.__name__ = "float"
     return parse

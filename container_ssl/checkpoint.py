@@ -7,6 +7,8 @@ Why: a pretraining run costs days; a crash or a kill during a save must never le
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import tempfile
@@ -18,7 +20,7 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["load_checkpoint", "remove_stale_temps", "save_atomic", "strip_prefixes"]
+__all__ = ["load_checkpoint", "load_checkpoint_with_sha256", "remove_stale_temps", "save_atomic"]
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -66,17 +68,42 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     real torch checkpoint whose pickle names objects outside the allowed set. A file that is not a torch
     checkpoint at all (random bytes, text, an image), or one cut short by a crash or a copy, is told so.
     """
+    path = _existing(path)
+    kind = _container_kind(path)
+    return _unpickle(path, kind, path, map_location)
+
+
+def load_checkpoint_with_sha256(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                                ) -> tuple[dict, str]:
+    """:func:`load_checkpoint` and the file's hex sha256, from one read of the file.
+
+    Why one read: an evaluation identifies the weights it reports (and its feature cache) by this hash;
+    hashing the bytes that are unpickled, rather than reopening the file, reads a large checkpoint once
+    and hashes exactly what was loaded.
+    """
+    path = _existing(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    kind = _kind_of(data[:4])
+    if kind is None:
+        raise UserError(_not_torch(path))
+    return _unpickle(path, kind, io.BytesIO(data), map_location), hashlib.sha256(data).hexdigest()
+
+
+def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty (0 bytes); use the previous checkpoint or re-save it")
-    kind = _container_kind(path)
-    if kind is None:
-        raise UserError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy "
-                        "torch pickle); pass the .pt/.pth file that torch.save wrote")
+    return path
+
+
+def _unpickle(path: Path, kind: str, source: Any, map_location: str | torch.device) -> dict:
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if _names_disallowed_global(str(e)):
             raise UserError(f"refused to load {path}: it holds objects other than tensors and plain containers, "
@@ -95,18 +122,30 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80  # first byte of a pickle of protocol >= 2, as the legacy torch.save format starts
 
 
-def _container_kind(path: Path) -> str | None:
-    """``zip`` (torch.save's format since 1.6), ``legacy`` (a pickle stream) or None (not a checkpoint)."""
+def _container_kind(path: Path) -> str:
+    """``zip`` (torch.save's format since 1.6) or ``legacy`` (a pickle stream); anything else is refused."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
         raise UserError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    kind = _kind_of(head)
+    if kind is None:
+        raise UserError(_not_torch(path))
+    return kind
+
+
+def _kind_of(head: bytes) -> str | None:
     if head.startswith(_ZIP_MAGIC):
         return "zip"
     if head[:1] and head[0] == _PICKLE_PROTO:
         return "legacy"
     return None
+
+
+def _not_torch(path: Path) -> str:
+    return (f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy torch pickle); "
+            "pass the .pt/.pth file that torch.save wrote")
 
 
 def _names_disallowed_global(message: str) -> bool:
@@ -125,20 +164,6 @@ def _damaged(path: Path, kind: str, error: BaseException) -> str:
     what = "zip archive" if kind == "zip" else "legacy pickle"
     return (f"checkpoint {path} is unreadable or truncated (a damaged torch.save {what}: {type(error).__name__}); "
             "use the previous checkpoint or re-save it")
-
-
-def strip_prefixes(state_dict: dict, prefixes: tuple[str, ...] = ("module.", "backbone.", "_orig_mod.")) -> dict:
-    """Remove wrapper prefixes (DDP ``module.``, DINO ``backbone.``, torch.compile ``_orig_mod.``) repeatedly."""
-    out = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in prefixes:
-                if key.startswith(p):
-                    key, changed = key[len(p):], True
-        out[key] = value
-    return out
 
 
 def _remove_quietly(path: str) -> None:

@@ -1,8 +1,12 @@
 """The ``container-ssl`` command line: one entry point, one sub-command per job.
 
 Why: users drive everything from one CLI. Each sub-command lives in the module that does the work and
-exposes ``configure_parser(parser)`` and ``run(args) -> int``; this file only wires them together and
-turns :class:`~container_ssl.errors.UserError` into a one-line message (exit status 2).
+exposes ``configure_parser(parser)`` and ``run(args) -> int`` (the table is :mod:`container_ssl.commands`);
+this file only wires them together and turns the expected errors
+(:data:`~container_ssl.errors.EXPECTED_ERRORS`: a :class:`~container_ssl.errors.UserError`, or the model
+code's :class:`~container_ssl.errors.InvalidArgument`) into a one-line message (exit status 2). Start-up
+stays cheap: only the named command's module is imported; the top-level ``--help`` (and an unknown command)
+needs none of them, as the table holds the one-line help.
 """
 
 from __future__ import annotations
@@ -12,20 +16,10 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from .errors import UserError
+from .commands import COMMANDS
+from .errors import EXPECTED_ERRORS
 
-# name -> (module, one-line help). Modules are imported only when their command is used or --help is asked.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("container_ssl.models.summary", "list the registered backbones with params and GMACs"),
-    "pretrain": ("container_ssl.ssl.trainer", "DINO self-supervised pretraining (student + EMA teacher)"),
-    "knn": ("container_ssl.eval.knn_cli", "weighted k-NN evaluation of frozen features (torch or faiss)"),
-    "linear": ("container_ssl.eval.linear", "linear probe on frozen features"),
-    "finetune": ("container_ssl.eval.finetune", "low-data finetune (e.g. 10%% of the labels)"),
-    "report": ("container_ssl.eval.report", "markdown + PNG report comparing runs"),
-    "visualize": ("container_ssl.eval.visualize", "attention maps, affinity mix and static kernels as PNG + JSON"),
-    "export": ("container_ssl.export", "backbone as timm safetensors + config.json, optionally ONNX"),
-    "submit": ("container_ssl.launch.submit", "run any command on SLURM (or locally) through submitit"),
-}
+__all__ = ["COMMANDS", "build_parser", "main", "one_line"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +39,7 @@ class _BadOption(SystemExit):
 
 
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
-    """The full parser; ``only`` limits imports to one sub-command's module (fast start-up)."""
+    """The full parser; ``only`` limits imports to one sub-command's module, ``only=""`` to none (fast start-up)."""
     parser = _Parser(
         prog="container-ssl",
         description="Self-supervised DINO pretraining and evaluation of CONTAINER-LIGHT and DeiT backbones.",
@@ -64,7 +58,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(only=command if command in COMMANDS else None)
+    parser = build_parser(only=command if command in COMMANDS else "")
     try:
         args, extra = parser.parse_known_args(argv)
         # key=value overrides may follow options (argparse binds a '*' positional only once)
@@ -79,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     try:
         return int(args._run(args) or 0)
-    except UserError as e:
+    except EXPECTED_ERRORS as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 
 Why: a typo in a key or a wrong type must fail before any compute is spent, with the valid keys listed.
 The dataclasses below are the schema; YAML files in ``configs/`` and ``key=value`` overrides are merged
-onto it, and OmegaConf rejects unknown keys and values of the wrong type.
+onto it, and OmegaConf rejects unknown keys, values of the wrong type and strings outside a field's
+:class:`Choice`; the range checks below run right after.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .errors import UserError
 
@@ -48,15 +51,66 @@ def rule(ok: Callable[[Any], bool], says: str) -> dict[str, Check]:
     return {"check": Check(ok, says)}
 
 
-def one_of(*choices: str) -> dict[str, Check]:
-    return rule(lambda v: v in choices, f"must be one of {', '.join(choices)}")
-
-
 POSITIVE = rule(lambda v: _num(v) and v > 0, "must be > 0")
 NON_NEGATIVE = rule(lambda v: _num(v) and v >= 0, "must be >= 0")
 PROBABILITY = rule(lambda v: _num(v) and 0 <= v <= 1, "is a probability and must lie in [0, 1]")
 UNIT = rule(lambda v: _num(v) and 0 <= v <= 1, "must lie in [0, 1]")
 SCALE_PAIR = rule(lambda v: _numbers(v, 2) and 0 < v[0] <= v[1] <= 1, "must be [min, max] with 0 < min <= max <= 1")
+
+
+# ------------------------------------------------------------------------------------------ choices
+class Choice(str, Enum):
+    """A config value from a fixed set of strings; a field typed with a subclass accepts only its members.
+
+    Why an Enum: OmegaConf then refuses any other string at load time, naming the key, so no code downstream
+    re-checks it. Why a ``str`` mixin: code compares with the plain string (``cfg.aug.backend == "gpu"``)
+    and messages print it. OmegaConf reads and writes a member by its *name*, so every name equals its
+    value: YAML files, ``key=value`` overrides and the config.yaml of older runs read unchanged.
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class AugBackend(Choice):
+    cpu = "cpu"  # torchvision v2, per image in the DataLoader workers
+    gpu = "gpu"  # kornia, batched on the training device (which may be the CPU)
+
+
+class Interpolation(Choice):
+    nearest = "nearest"
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+
+
+class BadImagePolicy(Choice):
+    skip = "skip"    # counted and logged
+    error = "error"  # stop with a line naming the file
+
+
+class OptimizerName(Choice):
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class AmpMode(Choice):
+    auto = "auto"  # bf16 on a GPU, none on the CPU
+    bf16 = "bf16"
+    fp16 = "fp16"
+    none = "none"
+
+
+class Device(Choice):
+    auto = "auto"  # this process's GPU when CUDA is available, else the CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+# Functional form: the name "skip-step" (what users write) is not a Python identifier.
+OnNan = Choice("OnNan", [("stop", "stop"), ("skip-step", "skip-step")], module=__name__)
 
 
 # ------------------------------------------------------------------------------------------- schema
@@ -87,13 +141,13 @@ class ModelConfig:
 
 @dataclass
 class AugConfig:
-    backend: str = field(default="cpu", metadata=one_of("cpu", "gpu"))  # cpu (torchvision v2 in workers) | gpu (kornia)
+    backend: AugBackend = AugBackend.cpu
     global_size: int = field(default=224, metadata=POSITIVE)
     local_size: int = field(default=96, metadata=POSITIVE)
     n_local: int = field(default=8, metadata=NON_NEGATIVE)
     global_scale: list = field(default_factory=lambda: [0.4, 1.0], metadata=SCALE_PAIR)
     local_scale: list = field(default_factory=lambda: [0.05, 0.4], metadata=SCALE_PAIR)
-    interpolation: str = field(default="bicubic", metadata=one_of("nearest", "bilinear", "bicubic"))
+    interpolation: Interpolation = Interpolation.bicubic
     flip_p: float = field(default=0.5, metadata=PROBABILITY)
     jitter: list = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1], metadata=JITTER)  # bright., contr., sat., hue
     jitter_p: float = field(default=0.8, metadata=PROBABILITY)
@@ -101,8 +155,9 @@ class AugConfig:
     blur_sigma: list = field(default_factory=lambda: [0.1, 2.0], metadata=SIGMA_PAIR)
     blur_p: list = field(default_factory=lambda: [1.0, 0.1, 0.5], metadata=BLUR_P)  # global 1, global 2, locals
     solarize_p: float = field(default=0.2, metadata=PROBABILITY)  # global 2 only
-    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata=RGB)
-    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata=RGB_POSITIVE)
+    # ImageNet statistics: timm's, as eval/transforms.py names them (config sits below eval, so not from there)
+    mean: list = field(default_factory=lambda: list(IMAGENET_DEFAULT_MEAN), metadata=RGB)
+    std: list = field(default_factory=lambda: list(IMAGENET_DEFAULT_STD), metadata=RGB_POSITIVE)
     base_size: int = field(default=0, metadata=NON_NEGATIVE)  # gpu backend: loader resizes to this square (0 = global)
 
 
@@ -113,13 +168,13 @@ class DataConfig:
     val_split: str = "val"
     cache_dir: str = ""                           # where archives are extracted / cifar10 downloaded ("" = ~/.cache)
     num_workers: int = field(default=2, metadata=NON_NEGATIVE)
-    on_bad_image: str = field(default="skip", metadata=one_of("skip", "error"))  # skip (counted, logged) | error
+    on_bad_image: BadImagePolicy = BadImagePolicy.skip
     subset: int = field(default=0, metadata=NON_NEGATIVE)       # use only the first N images per split after a seeded shuffle (0 = all)
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = field(default="adamw", metadata=one_of("adamw", "sgd"))
+    optimizer: OptimizerName = OptimizerName.adamw
     batch_size_per_gpu: int = field(default=64, metadata=POSITIVE)
     epochs: int = field(default=100, metadata=POSITIVE)
     base_lr: float = field(default=0.0005, metadata=POSITIVE)   # peak lr = base_lr * global_batch / 256
@@ -131,7 +186,7 @@ class OptimConfig:
     freeze_last_layer: int = field(default=1, metadata=NON_NEGATIVE)  # epochs with the head's last layer frozen
     momentum_teacher: float = field(default=0.996, metadata=UNIT)
     momentum_teacher_end: float = field(default=1.0, metadata=UNIT)
-    amp: str = field(default="auto", metadata=one_of("auto", "bf16", "fp16", "none"))  # auto = bf16 on GPU
+    amp: AmpMode = AmpMode.auto
 
 
 @dataclass
@@ -161,10 +216,10 @@ class MonitorConfig:
 class PretrainConfig:
     output_dir: str = field(default="runs/pretrain", metadata=NOT_EMPTY)
     seed: int = field(default=0, metadata=NON_NEGATIVE)
-    device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))
+    device: Device = Device.auto
     checkpoint_every_epochs: int = field(default=10, metadata=NON_NEGATIVE)  # periodic checkpoint_XXXX.pt (0 = none)
     checkpoint_every_steps: int = field(default=0, metadata=NON_NEGATIVE)    # also refresh checkpoint.pt every N iterations
-    on_nan: str = field(default="stop", metadata=one_of("stop", "skip-step"))
+    on_nan: OnNan = OnNan["stop"]
     max_steps: int = field(default=0, metadata=NON_NEGATIVE)    # stop after this many iterations (0 = run all epochs)
     max_minutes: float = field(default=0.0, metadata=NON_NEGATIVE)  # wall-time budget: stop (and save) at the first
                                                                     # step boundary after this many minutes of training (0 = none)
@@ -190,16 +245,16 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[li
                 schema: type = PretrainConfig) -> DictConfig:
     """Merge a YAML file and ``key=value`` overrides onto the schema; bad keys/types raise UserError."""
     cfg = OmegaConf.structured(schema)
-    where = "defaults"
+    where, fix_in = "defaults", "the schema defaults"
     try:
         if path is not None:
-            where = str(path)
+            where = fix_in = str(path)
             cfg = OmegaConf.merge(cfg, _read_yaml(Path(path)))
         if overrides:
-            where = "command-line overrides"
+            where, fix_in = "command-line overrides", "the key=value overrides"
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except (ConfigKeyError, ValidationError, OmegaConfBaseException) as e:
-        raise UserError(_explain(e, where, schema)) from None
+        raise UserError(_explain(e, where, schema, fix_in)) from None
     sources = ([str(path)] if path is not None else []) + (["the key=value overrides"] if overrides else [])
     validate(cfg, schema, " or ".join(sources) or "the schema defaults")
     return cfg
@@ -235,8 +290,8 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:
-    """A plain-python copy (safe to store inside a ``weights_only`` checkpoint)."""
-    return OmegaConf.to_container(cfg, resolve=True)
+    """A plain-python copy (safe to store inside a ``weights_only`` checkpoint): a :class:`Choice` becomes its string."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 # Keys that may differ when a run is resumed: where files live, how fast they load, what is monitored and
@@ -330,13 +385,17 @@ def _safe_load_bounded(text: str, path: Path) -> Any:
         loader.dispose()
 
 
-def _explain(e: OmegaConfBaseException, where: str, schema: type) -> str:
+def _explain(e: OmegaConfBaseException, where: str, schema: type, fix_in: str) -> str:
     key = getattr(e, "full_key", None) or ""
     msg = str(e).splitlines()[0]
     if isinstance(e, ConfigKeyError) and key:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         valid = _keys_at(schema, parent)
         return f"unknown config key '{key}' in {where}; valid keys{' under ' + parent if parent else ''}: {', '.join(valid)}"
+    default = OmegaConf.select(OmegaConf.structured(schema), key, default=None) if key else None
+    if isinstance(default, Choice):  # the same line as a failed range check
+        choices = ", ".join(m.value for m in type(default))
+        return f"config key '{key}' must be one of {choices}, got {getattr(e, 'value', None)!r}; fix it in {fix_in}"
     if key:
         return f"bad value for config key '{key}' in {where}: {msg}"
     return f"bad config in {where}: {msg}"

@@ -1,10 +1,24 @@
-"""One exception type for bad user input.
+"""The exception types for bad input, and which of them the command line shows as one line.
 
 Why: users must get a one-line message that names the file or key and says what to do, never a raw
-traceback. Code anywhere in the package raises :class:`UserError`; the CLI prints ``error: <message>``
-and exits with status 2.
+traceback. Commands, data and config code raise :class:`UserError`. The model code is a library first
+(timm's model files raise ``ValueError``), so it raises :class:`InvalidArgument`, a ``ValueError``
+that library callers catch the usual way. The CLI prints either as ``error: <message>`` and exits with
+status 2; any other exception is a bug and keeps its traceback.
 """
 
 
 class UserError(Exception):
     """Bad input (path, config key, checkpoint, data) that the user can fix; shown as one line."""
+
+
+class InvalidArgument(ValueError):
+    """A model built or called with a value it cannot work with (name, size, stride, affinity kind ...).
+
+    Why its own type: a plain ``ValueError`` may be a bug anywhere; this one is raised on purpose, with a
+    message that says what to change, so the CLI can show it as one line without hiding other errors.
+    """
+
+
+# What the CLI (and a submitted job) reports as one line instead of a traceback.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (UserError, InvalidArgument)

@@ -22,9 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.models import save_for_hf
 from torch import nn
 
 from .errors import UserError
+from .eval.backbone import load_backbone, preprocessing
+from .eval.options import add_checkpoint_args, positive_int
+from .eval.transforms import IMAGENET_MEAN, IMAGENET_STD, default_crop_ratio
 from .pretrained import CONFIG_NAME, WEIGHTS_NAME, load_pretrained
 
 __all__ = ["ONNX_NAME", "ONNX_TOLERANCE", "check_onnx", "export_backbone", "export_onnx"]
@@ -35,8 +39,6 @@ _INSTALL_HINT = "install the export extra: pip install 'container-ssl[export]' (
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from .eval.options import add_checkpoint_args, positive_int
-
     parser.description = ("Export a pretrained backbone: <out>/model.safetensors + config.json (loadable with "
                           "timm.create_model or container_ssl.load_pretrained), and with --onnx <out>/model.onnx.")
     add_checkpoint_args(parser)
@@ -48,16 +50,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .eval.backbone import load_backbone
-
     if args.onnx:
         _require_onnx()
     net, info = load_backbone(args.checkpoint, args.checkpoint_key, args.model, img_size=args.img_size,
                               patch_size=args.patch_size)
-    aug = (info.get("config") or {}).get("aug") or {}
-    img_size = int(args.img_size or aug.get("global_size") or info.get("img_size") or 224)
-    written = export_backbone(net, args.out, img_size, mean=aug.get("mean"), std=aug.get("std"), onnx=args.onnx,
-                              opset=args.opset)
+    img_size, mean, std = preprocessing(info, args.img_size)
+    written = export_backbone(net, args.out, img_size, mean=mean, std=std, onnx=args.onnx, opset=args.opset)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -70,10 +68,6 @@ def export_backbone(net: nn.Module, out: str | os.PathLike, img_size: int, mean:
     The written files are loaded back through timm (and onnxruntime) and compared with ``net`` before they
     replace anything in ``out``.
     """
-    from timm.models import save_for_hf
-
-    from .eval.transforms import IMAGENET_MEAN, IMAGENET_STD, default_crop_ratio
-
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import timm
 from torch import nn
 
+from . import models  # noqa: F401  (registers the Container architectures with timm)
 from .errors import UserError
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_pretrained", "read_export_config"]
@@ -45,10 +47,6 @@ def load_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     ``kwargs`` override the saved model arguments (e.g. ``num_classes=10`` for a fresh classifier head,
     which then stays randomly initialised).
     """
-    import timm
-
-    from . import models  # noqa: F401  (registers the Container architectures with timm)
-
     folder = Path(path)
     cfg = read_export_config(folder)
     weights = folder / WEIGHTS_NAME

@@ -78,3 +78,24 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def write_trainer_checkpoint(cifar10_small):
+    """Factory: a real pretraining checkpoint of the tiny CPU run over ``cifar10_small``, written by the
+    trainer itself (its models, its state, its writer) at ``epoch``; ``overrides`` change the config.
+
+    Why not a hand-written dict: a checkpoint built by the tests would pass them even after the trainer's
+    schema changed under the readers (evaluators, export, visualize).
+    """
+    from container_ssl.config import load_config
+    from container_ssl.ssl.trainer import DinoTrainer
+    from tests.train.test_pretrain import TINY
+
+    def write(out: Path, *overrides: str, epoch: int = 0) -> Path:
+        cfg = load_config(overrides=[*TINY, f"data.path={cifar10_small}", f"output_dir={out}", "data.subset=32",
+                                     *overrides])
+        DinoTrainer(cfg).save(epoch, 0)
+        return out / "checkpoint.pt"
+
+    return write

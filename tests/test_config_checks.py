@@ -8,15 +8,23 @@ contain; the expected outcome is written out by hand, not taken from the code un
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import typing
+from enum import Enum
 from pathlib import Path
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
 from container_ssl.config import (
     MAX_CONFIG_BYTES,
     MAX_CONFIG_NODES,
     PretrainConfig,
+    changed_keys,
     load_config,
+    to_dict,
+    to_yaml,
     validate,
 )
 from container_ssl.errors import UserError
@@ -47,10 +55,14 @@ BAD_VALUES = [
     ("aug.global_scale=[0.9,0.4]", "aug.global_scale", "min <= max"),
     ("aug.local_scale=[0,0.4]", "aug.local_scale", "0 < min"),
     ("aug.global_scale=[0.4,1.2]", "aug.global_scale", "max <= 1"),
+    ("aug.global_scale=[0.1,0.5,0.9]", "aug.global_scale", "[min, max]"),
+    ("aug.local_scale=[a,b]", "aug.local_scale", "[min, max]"),
     ("aug.blur_p=[1.0,0.1]", "aug.blur_p", "3 probabilities"),
     ("aug.std=[0.2,0,0.2]", "aug.std", "> 0"),
     ("aug.global_size=0", "aug.global_size", "> 0"),
     ("aug.interpolation=lanczos", "aug.interpolation", "nearest, bilinear, bicubic"),
+    ("aug.interpolation=BICUBIC", "aug.interpolation", "nearest, bilinear, bicubic"),
+    ("aug.backend=tpu", "aug.backend", "cpu, gpu"),
     ("model.patch_size=0", "model.patch_size", "> 0 or null"),
     ("model.drop_path_rate=1.0", "model.drop_path_rate", "[0, 1)"),
     ("model.out_dim=-1", "model.out_dim", "> 0"),
@@ -76,21 +88,93 @@ def test_boundary_values_are_accepted():
     assert cfg.optim.warmup_epochs == cfg.optim.epochs == 100 and cfg.model.patch_size is None
 
 
+def _fields(schema: type, prefix: str = ""):
+    """(dotted key, dataclass field, resolved type) for every leaf field of the schema."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(sub):
+            yield from _fields(sub, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name]
+
+
 def test_every_numeric_or_choice_field_declares_a_check():
-    """A new numeric key without a range check is the bug this pass exists to prevent."""
+    """A new numeric key without a range check is the bug this pass exists to prevent.
+
+    A choice field is checked by its type: OmegaConf refuses any string outside its Enum.
+    """
     free_text = {"model.name", "data.path", "data.train_split", "data.val_split", "data.cache_dir"}
-
-    def walk(schema: type, prefix: str = ""):
-        for f in dataclasses.fields(schema):
-            sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-            if dataclasses.is_dataclass(sub):
-                yield from walk(sub, f"{prefix}{f.name}.")
-            else:
-                yield f"{prefix}{f.name}", f
-
-    unchecked = [key for key, f in walk(PretrainConfig)
-                 if "check" not in f.metadata and f.type not in ("bool",) and key not in free_text]
+    unchecked = [key for key, f, t in _fields(PretrainConfig)
+                 if "check" not in f.metadata and t is not bool and key not in free_text
+                 and not (isinstance(t, type) and issubclass(t, Enum))]
     assert not unchecked, f"config keys without a range check: {unchecked}"
+
+
+# Every value users write today, by hand: YAML files, key=value overrides and old runs' config.yaml use them.
+CHOICES = {
+    "aug.backend": ("cpu", "gpu"),
+    "aug.interpolation": ("nearest", "bilinear", "bicubic"),
+    "data.on_bad_image": ("skip", "error"),
+    "optim.optimizer": ("adamw", "sgd"),
+    "optim.amp": ("auto", "bf16", "fp16", "none"),
+    "device": ("auto", "cpu", "cuda"),
+    "on_nan": ("stop", "skip-step"),
+}
+
+
+def test_the_choice_fields_are_exactly_the_typed_ones():
+    typed = {key for key, _, t in _fields(PretrainConfig) if isinstance(t, type) and issubclass(t, Enum)}
+    assert typed == set(CHOICES)
+
+
+@pytest.mark.parametrize(("key", "value"), [(k, v) for k, vs in CHOICES.items() for v in vs])
+def test_every_choice_reads_as_its_string_and_round_trips(key, value, tmp_path):
+    cfg = load_config(overrides=[f"{key}={value}"])
+    got = OmegaConf.select(cfg, key)
+    assert got == value and str(got) == value and f"{got}" == value and f"{got:>10}" == f"{value:>10}"
+    assert pickle.loads(pickle.dumps(got)) is got  # DataLoader workers and submitted jobs get a copy
+    plain = to_dict(cfg)
+    leaf = plain
+    for part in key.split("."):
+        leaf = leaf[part]
+    assert type(leaf) is str and leaf == value  # a weights_only checkpoint stores plain strings
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert f"{key.rsplit('.', 1)[-1]}: {value}\n" in saved.read_text()
+    again = load_config(saved)
+    assert OmegaConf.select(again, key) is got
+    assert changed_keys(plain, to_dict(again), free=()) == []
+
+
+def test_an_old_runs_config_yaml_still_loads(tmp_path):
+    """A config.yaml as runs saved it before the choices were typed: plain strings, and yaml.safe_dump works."""
+    old = {"device": "cpu", "on_nan": "skip-step", "aug": {"backend": "gpu", "interpolation": "bilinear",
+                                                             "global_scale": [0.3, 1.0]},
+           "data": {"on_bad_image": "error"}, "optim": {"optimizer": "sgd", "amp": "none"}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    cfg = load_config(path)
+    plain = to_dict(cfg)
+    yaml.safe_dump(plain)  # no Enum objects left in the plain copy
+    flat, expected = _flat(plain), _flat(old)
+    assert {k: flat[k] for k in expected} == expected
+    assert all(type(flat[k]) is str for k, v in expected.items() if isinstance(v, str))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_a_bad_choice_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("aug:\n  backend: tpu\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    assert str(e.value) == f"config key 'aug.backend' must be one of cpu, gpu, got 'tpu'; fix it in {path}"
 
 
 def test_validate_names_the_file_the_value_came_from(tmp_path):

@@ -1,51 +1,43 @@
 """Rebuild a frozen backbone from any checkpoint the evaluators accept.
 
 Why one loader: kNN, the linear probe and finetuning must evaluate exactly the same network. Three kinds
-of file are accepted, recognised by their contents rather than by flags:
+of file are accepted, recognised by their contents rather than by flags (:func:`container_ssl.run.read_checkpoint`):
 
 * this package's pretraining checkpoint (``config`` + ``teacher``/``student`` of a MultiCropWrapper): the
-  architecture is rebuilt from ``config['model']`` and only the ``backbone.`` entries are kept (the DINO
-  head is a pretraining device, never evaluated);
+  architecture is rebuilt from the run's PretrainConfig and only the ``backbone.`` entries are kept (the
+  DINO head is a pretraining device, never evaluated);
 * a released CONTAINER-LIGHT checkpoint (official key names ``patch_embed1.``/``blocks1.``), mapped onto
-  this package's names by :func:`container_ssl.models.loading.load_released_container_light`;
+  this package's names by :func:`container_ssl.models.loading.checkpoint_filter_fn`;
 * a plain timm ``state_dict`` (optionally under ``model``/``state_dict``), for which ``--model`` says the
   architecture.
 
-Loading is strict: a key that does not fit means the wrong ``--model``/``--patch-size`` and would silently
-evaluate random weights, so every mismatch is listed in one :class:`UserError`. The only tolerated
-difference is a classifier head, which evaluation never uses. A DeiT position embedding is resampled when
-the evaluation image size differs from the pretraining one (timm's ``resample_abs_pos_embed``).
+Loading is strict (:func:`container_ssl.run.load_strict`): a key that does not fit means the wrong
+``--model``/``--patch-size`` and would silently evaluate random weights, so every mismatch is listed in one
+:class:`UserError`. The only tolerated difference is a classifier head, which evaluation never uses. A
+DeiT position embedding is resampled when the evaluation image size differs from the pretraining one
+(timm's ``resample_abs_pos_embed``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint, strip_prefixes
 from ..errors import UserError
+from ..models import backbone_names, create_backbone
+from ..models.loading import checkpoint_filter_fn
+from ..run import RunCheckpoint, load_strict, read_checkpoint
 from .finite import require_finite_weights
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["RELEASED_DEFAULT_MODEL", "build_model", "file_sha256", "intermediate_count", "load_backbone"]
+__all__ = ["RELEASED_DEFAULT_MODEL", "build_model", "intermediate_count", "load_backbone", "preprocessing",
+           "scratch_backbone"]
 
 RELEASED_DEFAULT_MODEL = "container_light_small"
-_WRAPPERS = ("model", "state_dict", "model_ema")
-_SHOW = 4
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (identifies the evaluated weights in reports and feature caches)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_model(name: str, img_size: int | None = None, patch_size: int | None = None,
@@ -56,37 +48,32 @@ def build_model(name: str, img_size: int | None = None, patch_size: int | None =
         kwargs["img_size"] = int(img_size)
     if patch_size is not None:
         kwargs["patch_size"] = int(patch_size)
-    from ..models import backbone_names, create_backbone
     if name in backbone_names():
         return create_backbone(name, **kwargs)
     return _create_timm(name, kwargs)
 
 
-def load_backbone(checkpoint: str | os.PathLike, checkpoint_key: str = "teacher", model: str | None = None,
-                  img_size: int | None = None, patch_size: int | None = None,
+def load_backbone(checkpoint: str | os.PathLike | RunCheckpoint, checkpoint_key: str = "teacher",
+                  model: str | None = None, img_size: int | None = None, patch_size: int | None = None,
                   drop_path_rate: float = 0.0) -> tuple[nn.Module, dict[str, Any]]:
     """Return ``(backbone in eval mode on the CPU, info)``; ``model(x)`` gives pooled features ``[B, D]``.
 
-    ``info`` holds ``checkpoint``, ``sha256``, ``checkpoint_key``, ``format`` (pretrain|released|timm),
-    ``model``, ``img_size``, ``patch_size``, ``config`` (the pretraining config, or ``{}``) and ``epoch``.
+    ``checkpoint`` is a path or a file already read by :func:`container_ssl.run.read_checkpoint`. ``info``
+    holds ``checkpoint``, ``sha256``, ``checkpoint_key``, ``format`` (pretrain|released|timm), ``model``,
+    ``img_size``, ``patch_size``, ``config`` (the run's PretrainConfig, or None) and ``epoch``.
     ``model``/``img_size``/``patch_size`` override what the checkpoint's config says.
     """
-    path = Path(checkpoint)
-    raw = load_checkpoint(path)
-    config = raw.get("config") if isinstance(raw.get("config"), Mapping) else {}
-    model_cfg = config.get("model") if isinstance(config.get("model"), Mapping) else None
-
-    if model_cfg is not None:
+    ckpt = checkpoint if isinstance(checkpoint, RunCheckpoint) else read_checkpoint(checkpoint)
+    path, config = ckpt.path, ckpt.config
+    if config is not None:
         fmt = "pretrain"
-        state = _pretrain_backbone_state(raw, checkpoint_key, path)
+        state = ckpt.backbone(checkpoint_key)
         require_finite_weights(state, f"{checkpoint_key} weights of {path}")
-        name = model or model_cfg.get("name")
-        if not name:
-            raise UserError(f"checkpoint {path} has no config.model.name; pass --model")
-        img_size = img_size or model_cfg.get("img_size")
-        patch_size = patch_size if patch_size is not None else model_cfg.get("patch_size")
+        name = model or config.model.name
+        img_size = img_size or config.model.img_size
+        patch_size = patch_size if patch_size is not None else config.model.patch_size
     else:
-        state = _unwrap(raw, checkpoint_key)
+        state = ckpt.weights(checkpoint_key)
         if _is_released_container(state):
             fmt, name = "released", model or RELEASED_DEFAULT_MODEL
         else:
@@ -98,26 +85,55 @@ def load_backbone(checkpoint: str | os.PathLike, checkpoint_key: str = "teacher"
 
     net = build_model(name, img_size=img_size, patch_size=patch_size, drop_path_rate=drop_path_rate)
     if fmt == "released":
-        from ..models.loading import load_released_container_light
-        result = load_released_container_light(net, state, strict=False)
-        extra = [k for k in result.unexpected_keys if not _is_head_key(net, k)]
-        if result.missing_keys or extra:
-            raise UserError(_mismatch_message(path, name, result.missing_keys, extra, []))
-    else:
-        _load_strict(net, state, path, name)
+        state = checkpoint_filter_fn(state, net)
+    _fit_pos_embed(net, state)
+    own = net.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not _is_head_key(net, k)}
+    load_strict(net, state, path, f"model '{name}'", "pass the right --model / --patch-size / --img-size")
     net.eval()
     info = {
         "checkpoint": str(path),
-        "sha256": file_sha256(path),
+        "sha256": ckpt.sha256,
         "checkpoint_key": checkpoint_key if fmt == "pretrain" else None,
         "format": fmt,
         "model": name,
         "img_size": img_size,
         "patch_size": patch_size,
-        "config": dict(config),
-        "epoch": raw.get("epoch") if isinstance(raw.get("epoch"), int) else None,
+        "config": config,
+        "epoch": ckpt.epoch,
     }
     return net, info
+
+
+def scratch_backbone(ckpt: RunCheckpoint | None, model: str | None = None, img_size: int | None = None,
+                     patch_size: int | None = None, drop_path_rate: float = 0.0) -> tuple[nn.Module, dict[str, Any]]:
+    """A randomly initialised backbone (the supervised baseline), shaped by ``ckpt``'s config when given.
+
+    ``info`` is laid out as :func:`load_backbone`'s, with ``format`` ``scratch`` and no ``sha256``.
+    """
+    config = ckpt.config if ckpt is not None else None
+    name = model or (config.model.name if config is not None else None)
+    if not name:
+        raise UserError("--init scratch needs --model NAME (or a --checkpoint whose config names the model)")
+    if config is not None:
+        img_size = img_size or config.model.img_size or config.aug.global_size
+        patch_size = patch_size if patch_size is not None else config.model.patch_size
+    net = build_model(name, img_size=img_size, patch_size=patch_size, drop_path_rate=drop_path_rate)
+    info = {"checkpoint": None if ckpt is None else str(ckpt.path), "sha256": None, "checkpoint_key": None,
+            "format": "scratch", "model": name, "img_size": img_size, "patch_size": patch_size, "config": config,
+            "epoch": None}
+    return net, info
+
+
+def preprocessing(info: dict[str, Any], img_size: int | None = None) -> tuple[int, tuple, tuple]:
+    """Image size and normalisation to evaluate with: ``img_size``, else the run's global crop size (else
+    the model's, else 224); the run's mean/std (ImageNet's for files pretraining did not write)."""
+    config = info.get("config")
+    aug = config.aug if config is not None else None
+    size = img_size or (aug.global_size if aug is not None else None) or info.get("img_size") or 224
+    mean = tuple(aug.mean) if aug is not None else IMAGENET_MEAN
+    std = tuple(aug.std) if aug is not None else IMAGENET_STD
+    return int(size), mean, std
 
 
 def intermediate_count(model: nn.Module) -> tuple[int, str] | None:
@@ -130,36 +146,6 @@ def intermediate_count(model: nn.Module) -> tuple[int, str] | None:
     return (len(info), "stages") if isinstance(info, list) and info else None
 
 
-def _pretrain_backbone_state(raw: Mapping, key: str, path: Path) -> dict:
-    if key not in raw:
-        have = [k for k, v in raw.items() if isinstance(v, Mapping) and k != "config"]
-        raise UserError(f"checkpoint {path} has no '{key}' weights (it has: {', '.join(have) or 'none'}); "
-                        "use --checkpoint-key teacher or student")
-    entry = raw[key]
-    if not isinstance(entry, Mapping):
-        raise UserError(f"checkpoint {path}: '{key}' is a {type(entry).__name__}, not a state dict "
-                        "(parameter name -> tensor); the file was not written by container-ssl pretrain")
-    odd = [f"{k} ({type(v).__name__})" for k, v in entry.items() if not isinstance(k, str) or not torch.is_tensor(v)]
-    if odd:
-        raise UserError(f"checkpoint {path}: '{key}' is not a state dict: {len(odd)} entries are not tensors "
-                        f"({_names(odd)}); the file was not written by container-ssl pretrain")
-    state = strip_prefixes(dict(entry), ("module.", "_orig_mod."))
-    backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
-    if not backbone:
-        raise UserError(f"checkpoint {path}: '{key}' holds no 'backbone.' weights; is it a pretraining checkpoint?")
-    return strip_prefixes(backbone)
-
-
-def _unwrap(raw: Mapping, key: str) -> dict:
-    state: Mapping = raw
-    for _ in range(4):
-        inner = next((state[k] for k in (key, *_WRAPPERS) if isinstance(state.get(k), Mapping)), None)
-        if inner is None:
-            break
-        state = inner
-    return strip_prefixes({k: v for k, v in state.items() if torch.is_tensor(v)})
-
-
 def _is_released_container(state: Mapping) -> bool:
     return "patch_embed1.proj.weight" in state and any(k.startswith("blocks1.") for k in state)
 
@@ -168,19 +154,6 @@ def _is_head_key(net: nn.Module, key: str) -> bool:
     classifier = getattr(net, "pretrained_cfg", {}).get("classifier") or "head"
     heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     return any(key == h or key.startswith(h + ".") for h in (*heads, "head", "fc"))
-
-
-def _load_strict(net: nn.Module, state: dict, path: Path, name: str) -> None:
-    own = net.state_dict()
-    _fit_pos_embed(net, state)
-    state = {k: v for k, v in state.items() if k in own or not _is_head_key(net, k)}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-                  if k in own and v.shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        raise UserError(_mismatch_message(path, name, missing, unexpected, mismatched))
-    net.load_state_dict(state, strict=True)
 
 
 def _fit_pos_embed(net: nn.Module, state: dict) -> None:
@@ -197,19 +170,6 @@ def _fit_pos_embed(net: nn.Module, state: dict) -> None:
     if old_side * old_side != old_tokens:
         return  # not a square grid: leave it to the strict check to report
     state["pos_embed"] = resample_abs_pos_embed(saved, list(grid), [old_side, old_side], num_prefix_tokens=prefix)
-
-
-def _mismatch_message(path: Path, name: str, missing: list, unexpected: list, mismatched: list) -> str:
-    parts = [f"{len(missing)} missing keys" + (f" ({_names(missing)})" if missing else ""),
-             f"{len(unexpected)} unexpected keys" + (f" ({_names(unexpected)})" if unexpected else "")]
-    if mismatched:
-        parts.append(f"{len(mismatched)} shape mismatches ({_names(mismatched)})")
-    return (f"checkpoint {path} does not fit model '{name}': " + "; ".join(parts)
-            + "; pass the right --model / --patch-size / --img-size")
-
-
-def _names(keys: list) -> str:
-    return ", ".join(keys[:_SHOW]) + (", ..." if len(keys) > _SHOW else "")
 
 
 def _create_timm(name: str, kwargs: dict) -> nn.Module:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, save_atomic
+from ..data import skip_bad_collate
 from ..errors import UserError
 from .backbone import load_backbone
 from .feature_key import dataset_fingerprint
@@ -101,7 +102,6 @@ def autocast(device: torch.device, use_amp: bool):
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,
                 drop_last: bool = False, device: torch.device | None = None, seed: int = 0) -> DataLoader:
     """A DataLoader that drops unreadable images (see ``container_ssl.data``) instead of crashing."""
-    from ..data import skip_bad_collate
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       collate_fn=skip_bad_collate, drop_last=drop_last, generator=generator,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +33,21 @@ from ..argtypes import float_range
 from ..checkpoint import save_atomic
 from ..data.subsets import read_subset_file, select_subset, write_subset_file
 from ..errors import UserError
-from .backbone import build_model
-from .features import autocast, load_backbone, make_loader
-from .knn import check_class_sets
+from ..run import FINETUNE_PREFIX
+from .features import autocast, make_loader
 from .metrics import TopK
 from .options import (
+    EvalContext,
+    add_checkpoint_args,
     add_data_args,
     add_runtime_args,
-    build_split,
     fraction,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
     probability,
-    resolve_data,
-    resolve_device,
-    resolve_output_dir,
-    write_json,
 )
-from .seeding import seed_everything
-from .transforms import eval_transform
 
 DEFAULT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1-mmax9"
 
@@ -62,16 +55,10 @@ DEFAULT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1-mmax9"
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Finetune the whole network on a class-balanced fraction of the train labels "
                           "(DeiT recipe through timm) and report top-1/top-5 on the full val split.")
-    g = parser.add_argument_group("weights")
-    g.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="SSL checkpoint to start from (with --init scratch, only its config is used)")
-    g.add_argument("--checkpoint-key", default="teacher", choices=("teacher", "student"),
-                   help="network of a pretraining checkpoint (default teacher)")
-    g.add_argument("--init", default="ssl", choices=("ssl", "scratch"),
-                   help="ssl = start from --checkpoint; scratch = random init (the supervised baseline)")
-    g.add_argument("--model", default=None, metavar="NAME", help="architecture (needed with --init scratch "
-                   "and no checkpoint)")
-    g.add_argument("--patch-size", type=positive_int, default=None, help="DeiT patch size / Container stem stride")
+    weights = add_checkpoint_args(parser, required=False)
+    weights.add_argument("--init", default="ssl", choices=("ssl", "scratch"),
+                         help="ssl = start from --checkpoint; scratch = random init (the supervised baseline; "
+                              "only the config of a --checkpoint is used, and --model is needed without one)")
     add_data_args(parser)
     labels = parser.add_argument_group("labels")
     s = labels.add_mutually_exclusive_group()
@@ -111,16 +98,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    start = time.time()
-    seed_everything(args.seed)  # numpy too: timm's Mixup/CutMix draws from numpy's global generator
-    model, info = _build(args)
-    spec = resolve_data(args, info["config"], info["img_size"])
-    out_dir = resolve_output_dir(args, args.checkpoint)
-    device = resolve_device(args.device)
-
-    train_full = build_split(spec, spec.train_split, _train_transform(args, spec))
-    val_ds = build_split(spec, spec.val_split, eval_transform(spec.img_size, spec.mean, spec.std, args.crop_ratio))
-    check_class_sets(train_full.classes, val_ds.classes)
+    if args.init == "ssl" and not args.checkpoint:
+        raise UserError("--init ssl needs --checkpoint PATH (or use --init scratch --model NAME)")
+    # seeds numpy too: timm's Mixup/CutMix draws from numpy's global generator
+    ctx = EvalContext.from_args(args, weights=args.init == "ssl", drop_path_rate=args.drop_path)
+    model, info, spec, device, out_dir = ctx.model, ctx.info, ctx.data, ctx.device, ctx.output_dir
+    train_full, val_ds = ctx.splits(_train_transform(args, spec))
     num_classes = len(train_full.classes)
     indices, tag, fraction = _label_subset(args, train_full)
     subset_path = write_subset_file(out_dir / f"subset_{tag}.txt", train_full.samples, indices)
@@ -153,21 +136,19 @@ def run(args: argparse.Namespace) -> int:
 
     ckpt_meta = {"model_name": info["model"], "img_size": info["img_size"], "patch_size": info["patch_size"],
                  "num_classes": num_classes, "classes": list(train_full.classes), "label_fraction": fraction}
-    with open(out_dir / f"finetune_{tag}_log.jsonl", "w", buffering=1) as log_file:
+    with open(out_dir / f"{FINETUNE_PREFIX}{tag}_log.jsonl", "w", buffering=1) as log_file:
         best, history, val_total = train(model, loader, val_loader, optimizer, scheduler, criterion, mixup_fn, args,
-                                         device, num_classes, log_file, out_dir / f"finetune_{tag}_best.pt", ckpt_meta)
+                                         device, num_classes, log_file, out_dir / f"{FINETUNE_PREFIX}{tag}_best.pt",
+                                         ckpt_meta)
 
-    report = {
+    path = ctx.write_report(f"{FINETUNE_PREFIX}{tag}.json", {
         "tag": tag, "label_fraction": fraction, "subset_file": str(subset_path), "subset_images": len(indices),
-        "train_images_total": len(train_full), "val_images": val_total,
-        "init": args.init, "checkpoint": info["checkpoint"], "checkpoint_sha256": info["sha256"],
-        "checkpoint_key": info["checkpoint_key"], "model": info["model"],
+        "train_images_total": len(train_full), "val_images": val_total, "init": args.init, **ctx.weights,
         "top1": best["top1"], "top5": best.get("top5"), "best_epoch": best.get("epoch"),
         "final_top1": history[-1]["val_top1"], "final_top5": history[-1]["val_top5"],
         "batch_size": batch_size, "lr": lr, "data": spec.as_dict(), "config": _plain(vars(args)),
-        "history": history, "wall_time_s": round(time.time() - start, 2),
-    }
-    path = write_json(out_dir / f"finetune_{tag}.json", report)
+        "history": history,
+    })
     print(f"finetune ({tag} of the labels, {len(indices)} images): best val top1 {best['top1']:.2f}; wrote {path}")
     return 0
 
@@ -237,30 +218,6 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, use_amp: bool,
             logits = model(images.to(device, non_blocking=True)).float()
         meter.update(logits, targets, nn.functional.cross_entropy(logits, targets).item())
     return meter
-
-
-def _build(args: argparse.Namespace) -> tuple[nn.Module, dict]:
-    """The network (with weights for ``--init ssl``) and a description like :func:`load_backbone`'s."""
-    if args.init == "ssl":
-        if not args.checkpoint:
-            raise UserError("--init ssl needs --checkpoint PATH (or use --init scratch --model NAME)")
-        return load_backbone(args.checkpoint, args.checkpoint_key, args.model, args.img_size, args.patch_size,
-                             drop_path_rate=args.drop_path)
-    config: dict = {}
-    if args.checkpoint:
-        from ..checkpoint import load_checkpoint
-        raw = load_checkpoint(args.checkpoint)
-        config = dict(raw["config"]) if isinstance(raw.get("config"), dict) else {}
-    model_cfg = config.get("model") or {}
-    name = args.model or model_cfg.get("name")
-    if not name:
-        raise UserError("--init scratch needs --model NAME (or a --checkpoint whose config names the model)")
-    img_size = args.img_size or model_cfg.get("img_size") or (config.get("aug") or {}).get("global_size")
-    patch_size = args.patch_size if args.patch_size is not None else model_cfg.get("patch_size")
-    model = build_model(name, img_size=img_size, patch_size=patch_size, drop_path_rate=args.drop_path)
-    info = {"checkpoint": args.checkpoint, "sha256": None, "checkpoint_key": None, "format": "scratch",
-            "model": name, "img_size": img_size, "patch_size": patch_size, "config": config, "epoch": None}
-    return model, info
 
 
 def _train_transform(args: argparse.Namespace, spec: Any) -> Any:

@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
-from .features import cached_features, load_backbone
-from .finite import require_finite_features
-from .knn import (
-    DEFAULT_KS,
-    DEFAULT_TEMPERATURE,
-    check_class_sets,
-    knn_classify,
-    resolve_backend,
-)
+from ..run import KNN_REPORT
+from .knn import DEFAULT_KS, DEFAULT_TEMPERATURE, knn_classify, resolve_backend
 from .options import (
+    EvalContext,
     add_checkpoint_args,
     add_data_args,
     add_feature_cache_args,
     add_runtime_args,
-    build_split,
     positive_float,
     positive_int,
-    resolve_data,
-    resolve_device,
-    resolve_feature_cache,
-    resolve_output_dir,
-    write_json,
 )
-from .transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -58,41 +44,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    start = time.time()
-    model, info = load_backbone(args.checkpoint, args.checkpoint_key, args.model, args.img_size, args.patch_size)
-    spec = resolve_data(args, info["config"], info["img_size"])
-    out_dir = resolve_output_dir(args, args.checkpoint)
-    cache = resolve_feature_cache(args, out_dir)
-    device = resolve_device(args.device)
-    transform = eval_transform(spec.img_size, spec.mean, spec.std, args.crop_ratio)
-    train_ds = build_split(spec, spec.train_split, transform)
-    val_ds = build_split(spec, spec.val_split, transform)
-    check_class_sets(train_ds.classes, val_ds.classes)
-
-    common = {"batch_size": args.batch_size, "device": device, "num_workers": args.num_workers,
-              "use_amp": not args.no_amp}
-    train_f, train_y = cached_features(model, info, train_ds, cache, desc="train features", **common)
-    val_f, val_y = cached_features(model, info, val_ds, cache, desc="val features", **common)
-    require_finite_features(train_f, f"{spec.train_split} features of {info['checkpoint']}")
-    require_finite_features(val_f, f"{spec.val_split} features of {info['checkpoint']}")
+    ctx = EvalContext.from_args(args)
+    train_ds, val_ds = ctx.splits()
+    train_f, train_y = ctx.features("train", train_ds)
+    val_f, val_y = ctx.features("val", val_ds)
     backend = resolve_backend(args.backend, train_f.shape[0])
     results = knn_classify(train_f, train_y, val_f, val_y, ks=args.k, temperature=args.temperature,
                            num_classes=len(train_ds.classes), backend=backend, chunk_size=args.chunk_size,
-                           device=device)
+                           device=ctx.device)
 
     print(format_table(results))
-    report = {
-        "checkpoint": info["checkpoint"], "checkpoint_sha256": info["sha256"],
-        "checkpoint_key": info["checkpoint_key"], "format": info["format"], "model": info["model"],
-        "epoch": info["epoch"], "feature": "pooled", "feature_dim": int(train_f.shape[1]),
-        "data": spec.as_dict(),
+    spec = ctx.data
+    path = ctx.write_report(KNN_REPORT, {
+        **ctx.weights, "format": ctx.info["format"], "epoch": ctx.info["epoch"], "feature": "pooled",
+        "feature_dim": int(train_f.shape[1]), "data": spec.as_dict(),
         "train": {"split": spec.train_split, "images": int(train_f.shape[0])},
         "val": {"split": spec.val_split, "images": int(val_f.shape[0])},
         "num_classes": len(train_ds.classes), "temperature": args.temperature, "k": list(args.k),
         "backend": backend, "results": [r.as_dict() for r in results],
-        "wall_time_s": round(time.time() - start, 2),
-    }
-    path = write_json(out_dir / "knn.json", report)
+    })
     print(f"wrote {path}")
     return 0
 

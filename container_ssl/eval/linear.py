@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,34 +36,27 @@ from torch.utils.data import Subset
 from ..argtypes import float_range
 from ..checkpoint import save_atomic
 from ..errors import UserError
+from ..run import LINEAR_REPORT
 from .backbone import intermediate_count
 from .features import (
     autocast,
-    cached_features,
     default_n_last_blocks,
     extract_features,
     feature_fn,
     feature_kind,
-    load_backbone,
     make_loader,
 )
 from .finite import require_finite_features
-from .knn import check_class_sets
 from .options import (
+    EvalContext,
     add_checkpoint_args,
     add_data_args,
     add_feature_cache_args,
     add_runtime_args,
-    build_split,
     fraction,
     non_negative_int,
     positive_float,
     positive_int,
-    resolve_data,
-    resolve_device,
-    resolve_feature_cache,
-    resolve_output_dir,
-    write_json,
 )
 from .probe import (
     LinearProbe,
@@ -75,7 +67,7 @@ from .probe import (
     train_epoch,
 )
 from .seeding import seed_everything
-from .transforms import eval_transform, probe_train_transform
+from .transforms import probe_train_transform
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -115,60 +107,38 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    start = time.time()
-    seed_everything(args.seed)
-    model, info = load_backbone(args.checkpoint, args.checkpoint_key, args.model, args.img_size, args.patch_size)
-    spec = resolve_data(args, info["config"], info["img_size"])
-    out_dir = resolve_output_dir(args, args.checkpoint)
-    cache = resolve_feature_cache(args, out_dir)
-    device = resolve_device(args.device)
+    ctx = EvalContext.from_args(args)
+    model, spec, device, out_dir = ctx.model, ctx.data, ctx.device, ctx.output_dir
     n_blocks = default_n_last_blocks(model) if args.n_last_blocks is None else args.n_last_blocks
-    _check_n_last_blocks(model, info["model"], n_blocks)
-    kind = feature_kind(n_blocks, args.avgpool)
-    feat_args = {"batch_size": args.batch_size, "device": device, "num_workers": args.num_workers,
-                 "use_amp": not args.no_amp, "n_last_blocks": n_blocks, "avgpool": args.avgpool}
-    source = info["checkpoint"]
+    _check_n_last_blocks(model, ctx.info["model"], n_blocks)
+    feature = {"n_last_blocks": n_blocks, "avgpool": args.avgpool}
 
-    val_tf = eval_transform(spec.img_size, spec.mean, spec.std, args.crop_ratio)
-    train_eval_ds = build_split(spec, spec.train_split, val_tf)
-    val_ds = build_split(spec, spec.val_split, val_tf)
-    check_class_sets(train_eval_ds.classes, val_ds.classes)
+    train_eval_ds, val_ds = ctx.splits()
     num_classes = len(train_eval_ds.classes)
-
-    val_f, val_y = cached_features(model, info, val_ds, cache, desc="val features", **feat_args)
-    require_finite_features(val_f, f"{spec.val_split} features of {source}")
+    val_f, val_y = ctx.features("val", val_ds, **feature)
     if args.cached_features:
-        train_f, train_y = cached_features(model, info, train_eval_ds, cache, desc="train features", **feat_args)
-        require_finite_features(train_f, f"{spec.train_split} features of {source}")
+        train_f, train_y = ctx.features("train", train_eval_ds, **feature)
         data = _CachedTrain(train_f, train_y, args.batch_size, args.seed)
     else:
-        train_ds = build_split(spec, spec.train_split, probe_train_transform(spec.img_size, spec.mean, spec.std,
-                                                                             args.crop_scale))
-        data = _AugmentedTrain(model, train_ds, train_eval_ds, feat_args, args, device,
-                               f"{spec.train_split} features of {source}")
+        train_ds = ctx.split("train", probe_train_transform(spec.img_size, spec.mean, spec.std, args.crop_scale))
+        data = _AugmentedTrain(model, train_ds, train_eval_ds, {**ctx.runtime, **feature}, args, device,
+                               ctx.what("train"))
 
     base_lrs = args.lrs or [args.lr]
-    meta = {"checkpoint": source, "checkpoint_sha256": info["sha256"],
-            "checkpoint_key": info["checkpoint_key"], "model": info["model"], "feature": kind,
-            "n_last_blocks": n_blocks, "avgpool": args.avgpool, "feature_dim": int(val_f.shape[1]),
-            "num_classes": num_classes, "classes": list(train_eval_ds.classes), "selection": args.selection}
+    meta = {**ctx.weights, "feature": feature_kind(n_blocks, args.avgpool), "n_last_blocks": n_blocks,
+            "avgpool": args.avgpool, "feature_dim": int(val_f.shape[1]), "num_classes": num_classes,
+            "classes": list(train_eval_ds.classes), "selection": args.selection}
+    select = _select_on_val if args.selection == "val" else _select_on_holdout
     with open(out_dir / "linear_log.jsonl", "w", buffering=1) as log_file:
-        if args.selection == "val":
-            result = _select_on_val(args, data, val_f, val_y, base_lrs, num_classes, device, meta, log_file, out_dir)
-        else:
-            result = _select_on_holdout(args, data, val_f, val_y, base_lrs, num_classes, device, meta, log_file,
-                                        out_dir)
+        result = select(args, data, val_f, val_y, base_lrs, num_classes, device, meta, log_file, out_dir)
 
-    report = {
-        **meta, **result,
-        "mode": "cached-features" if args.cached_features else "augmented",
-        "epochs": args.epochs, "batch_size": args.batch_size,
-        "data": spec.as_dict(), "train_images": data.size, "val_images": int(val_f.shape[0]),
-        "wall_time_s": round(time.time() - start, 2),
-    }
-    path = write_json(out_dir / "linear.json", report)
-    print(f"linear probe: val top1 {report['top1']:.2f} (base lr {report['best_base_lr']:g}, epoch "
-          f"{report['best_epoch'] + 1}, chosen on {SELECTION_LABELS[args.selection]}); wrote {path}")
+    path = ctx.write_report(LINEAR_REPORT, {
+        **meta, **result, "mode": "cached-features" if args.cached_features else "augmented",
+        "epochs": args.epochs, "batch_size": args.batch_size, "data": spec.as_dict(), "train_images": data.size,
+        "val_images": int(val_f.shape[0]),
+    })
+    print(f"linear probe: val top1 {result['top1']:.2f} (base lr {result['best_base_lr']:g}, epoch "
+          f"{result['best_epoch'] + 1}, chosen on {SELECTION_LABELS[args.selection]}); wrote {path}")
     return 0
 
 

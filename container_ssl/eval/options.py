@@ -1,10 +1,13 @@
-"""Command-line options and defaults shared by the ``knn``, ``linear`` and ``finetune`` commands.
+"""The evaluator context: command-line options, and what they resolve to, shared by ``knn``, ``linear`` and
+``finetune``.
 
 Why: the three commands must read a checkpoint, find the data and pick the device the same way, so a
-user learns the flags once. Anything not given on the command line comes from the pretraining
-checkpoint's config (data path and splits, image size, normalisation), so
-``container-ssl knn --checkpoint runs/x/checkpoint.pt`` evaluates on the data the run was trained on.
-Results go next to the checkpoint (``<run>/eval``), where ``container-ssl report`` looks for them.
+user learns the flags once and each command's module holds its protocol only. :meth:`EvalContext.from_args`
+turns the parsed options into the backbone (the checkpoint is read once), the data and its transforms, the
+device, the output folder and the seeds. Anything not given on the command line comes from the run's
+PretrainConfig (data path and splits, image size, normalisation), so ``container-ssl knn --checkpoint
+runs/x/checkpoint.pt`` evaluates on the data the run was trained on. Results go next to the checkpoint
+(``<run>/eval``, :func:`container_ssl.run.eval_dir`), where ``container-ssl report`` looks for them.
 """
 
 from __future__ import annotations
@@ -12,33 +15,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..argtypes import float_range, int_range
+from ..data import build_dataset
+from ..distributed import pick_device
 from ..errors import UserError
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..run import eval_dir, read_checkpoint
+from .backbone import load_backbone, preprocessing, scratch_backbone
+from .features import cached_features
+from .finite import require_finite_features
+from .knn import check_class_sets
+from .seeding import seed_everything
+from .transforms import eval_transform
 
 __all__ = [
     "DataSpec",
+    "EvalContext",
     "add_checkpoint_args",
     "add_data_args",
     "add_feature_cache_args",
     "add_runtime_args",
-    "build_split",
     "fraction",
     "non_negative_float",
     "non_negative_int",
     "positive_float",
     "positive_int",
     "probability",
-    "resolve_data",
     "resolve_device",
-    "resolve_feature_cache",
-    "resolve_output_dir",
     "write_json",
 ]
 
@@ -51,7 +61,8 @@ fraction = float_range(lo=0, hi=1, lo_open=True)  # (0, 1]
 probability = float_range(lo=0, hi=1)  # [0, 1]
 
 
-def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) -> argparse._ArgumentGroup:
+    """The ``weights`` options; the group is returned so that a command can add its own (finetune's --init)."""
     g = parser.add_argument_group("weights")
     g.add_argument("--checkpoint", required=required, metavar="PATH",
                    help="pretraining checkpoint (<run>/checkpoint.pt), a released Container-Light file, "
@@ -62,6 +73,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) 
                    help="architecture; default: the checkpoint's config.model.name")
     g.add_argument("--patch-size", type=positive_int, default=None,
                    help="DeiT patch size / Container stem stride; default: the checkpoint's config")
+    return g
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +101,13 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 256) -> 
     g.add_argument("--output-dir", default=None, metavar="DIR", help="default: <checkpoint's folder>/eval")
 
 
+def add_feature_cache_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("feature cache")
+    g.add_argument("--feature-cache", default=None, metavar="DIR",
+                   help="folder of cached features, shared by knn and linear (default: <output-dir>/feature_cache)")
+    g.add_argument("--no-feature-cache", action="store_true", help="always recompute features")
+
+
 @dataclass
 class DataSpec:
     """Where the evaluation data is and how its images are prepared."""
@@ -107,36 +126,104 @@ class DataSpec:
                 "img_size": self.img_size, "mean": list(self.mean), "std": list(self.std)}
 
 
-def resolve_data(args: argparse.Namespace, config: dict | None = None, model_img_size: int | None = None
-                 ) -> DataSpec:
-    """Command-line values first, then the pretraining config, then defaults."""
-    config = config or {}
-    data = config.get("data") or {}
-    aug = config.get("aug") or {}
-    path = args.data or data.get("path")
+@dataclass
+class EvalContext:
+    """What an evaluation command works with, resolved once from its command line."""
+
+    args: argparse.Namespace
+    model: nn.Module
+    info: dict[str, Any]  # load_backbone's: checkpoint, sha256, checkpoint_key, format, model, config, ...
+    data: DataSpec
+    output_dir: Path
+    device: torch.device
+    feature_cache: str = ""  # '' = no cache (finetune, or --no-feature-cache)
+    started: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, weights: bool = True, drop_path_rate: float = 0.0) -> EvalContext:
+        """Seed (when the command has ``--seed``), read the checkpoint once, build the backbone (with its
+        weights, or randomly initialised when ``weights`` is false), resolve data, output folder and device."""
+        started = time.time()
+        if getattr(args, "seed", None) is not None:
+            seed_everything(args.seed)
+        ckpt = read_checkpoint(args.checkpoint) if args.checkpoint else None
+        shape = (args.model, args.img_size, args.patch_size)
+        if weights:
+            model, info = load_backbone(ckpt, args.checkpoint_key, *shape, drop_path_rate=drop_path_rate)
+        else:
+            model, info = scratch_backbone(ckpt, *shape, drop_path_rate=drop_path_rate)
+        data = resolve_data(args, info)
+        out = resolve_output_dir(args, args.checkpoint)
+        cache = resolve_feature_cache(args, out) if hasattr(args, "feature_cache") else ""
+        return cls(args=args, model=model, info=info, data=data, output_dir=out, device=resolve_device(args.device),
+                   feature_cache=cache, started=started)
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        """Batch size, device, workers and precision, as the feature extractors take them."""
+        a = self.args
+        return {"batch_size": a.batch_size, "device": self.device, "num_workers": a.num_workers,
+                "use_amp": not a.no_amp}
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        """Which weights were evaluated, for the command's JSON report."""
+        i = self.info
+        return {"checkpoint": i["checkpoint"], "checkpoint_sha256": i["sha256"],
+                "checkpoint_key": i["checkpoint_key"], "model": i["model"]}
+
+    def eval_transform(self) -> Any:
+        return eval_transform(self.data.img_size, self.data.mean, self.data.std, self.args.crop_ratio)
+
+    def split(self, which: str, transform: Any = None) -> Any:
+        """The ``train`` or ``val`` split's dataset (the centre-crop evaluation transform by default)."""
+        d = self.data
+        return build_dataset(d.path, d.train_split if which == "train" else d.val_split,
+                             transform=self.eval_transform() if transform is None else transform, cache_dir=d.cache_dir,
+                             on_bad_image=d.on_bad_image)
+
+    def splits(self, train_transform: Any = None) -> tuple[Any, Any]:
+        """Train and val datasets, refused when they do not list the same classes."""
+        train, val = self.split("train", train_transform), self.split("val")
+        check_class_sets(train.classes, val.classes)
+        return train, val
+
+    def features(self, which: str, dataset: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached frozen features of a ``train``/``val`` dataset, refused when not finite."""
+        f, y = cached_features(self.model, self.info, dataset, self.feature_cache, desc=f"{which} features",
+                               **self.runtime, **kwargs)
+        require_finite_features(f, self.what(which))
+        return f, y
+
+    def what(self, which: str) -> str:
+        """``<split> features of <checkpoint>``: how error messages name a split's features."""
+        split = self.data.train_split if which == "train" else self.data.val_split
+        return f"{split} features of {self.info['checkpoint']}"
+
+    def write_report(self, name: str, report: dict[str, Any]) -> Path:
+        """Write ``<output-dir>/<name>``, adding the wall time since the context was built; returns its path."""
+        return write_json(self.output_dir / name, {**report, "wall_time_s": round(time.time() - self.started, 2)})
+
+
+def resolve_data(args: argparse.Namespace, info: dict[str, Any]) -> DataSpec:
+    """Command-line values first, then the run's PretrainConfig, then defaults."""
+    config = info.get("config")
+    data = config.data if config is not None else None
+    path = args.data or (data.path if data is not None else None)
     if not path:
         raise UserError("no data: pass --data PATH (the checkpoint's config does not name its dataset)")
-    img_size = args.img_size or aug.get("global_size") or model_img_size or 224
-    mean = tuple(aug.get("mean") or IMAGENET_MEAN)
-    std = tuple(aug.get("std") or IMAGENET_STD)
-    return DataSpec(path=str(path), train_split=args.train_split or data.get("train_split") or "train",
-                    val_split=args.val_split or data.get("val_split") or "val",
-                    cache_dir=args.data_cache_dir if args.data_cache_dir is not None else (data.get("cache_dir") or ""),
-                    img_size=int(img_size), mean=mean, std=std, on_bad_image=data.get("on_bad_image") or "skip")
-
-
-def build_split(spec: DataSpec, split: str, transform: Any) -> Any:
-    """The dataset of one split (``container_ssl.data.build_dataset``)."""
-    from ..data import build_dataset
-    return build_dataset(spec.path, split, transform=transform, cache_dir=spec.cache_dir,
-                         on_bad_image=spec.on_bad_image)
+    img_size, mean, std = preprocessing(info, args.img_size)
+    cache_dir = args.data_cache_dir if args.data_cache_dir is not None else (data.cache_dir if data else "")
+    return DataSpec(path=str(path), train_split=args.train_split or (data.train_split if data else "train"),
+                    val_split=args.val_split or (data.val_split if data else "val"), cache_dir=cache_dir or "",
+                    img_size=img_size, mean=mean, std=std, on_bad_image=data.on_bad_image if data else "skip")
 
 
 def resolve_output_dir(args: argparse.Namespace, checkpoint: str | None) -> Path:
     if args.output_dir:
         out = Path(args.output_dir)
     elif checkpoint:
-        out = Path(checkpoint).resolve().parent / "eval"
+        out = eval_dir(checkpoint)
     else:
         raise UserError("pass --output-dir (there is no checkpoint to put the results next to)")
     try:
@@ -153,15 +240,7 @@ def resolve_feature_cache(args: argparse.Namespace, output_dir: Path) -> str:
     return str(getattr(args, "feature_cache", None) or output_dir / "feature_cache")
 
 
-def add_feature_cache_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("feature cache")
-    g.add_argument("--feature-cache", default=None, metavar="DIR",
-                   help="folder of cached features, shared by knn and linear (default: <output-dir>/feature_cache)")
-    g.add_argument("--no-feature-cache", action="store_true", help="always recompute features")
-
-
 def resolve_device(name: str) -> torch.device:
-    from ..launch.distributed import pick_device
     return pick_device(name)
 
 

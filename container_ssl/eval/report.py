@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..run import FINETUNE_PREFIX, KNN_REPORT, LINEAR_REPORT, RunLayout
 
 DASH = "–"
 
@@ -79,15 +80,15 @@ def load_run(path: Path) -> RunData:
     """Read a run folder's JSON files; a missing folder is an error, missing files are not."""
     if not path.is_dir():
         raise UserError(f"run folder not found: {path}")
-    run = RunData(path=path, name=path.resolve().name)
-    run.summary = _read_json(path / "summary.json", run)
-    run.knn = _read_json(path / "eval" / "knn.json", run)
-    run.linear = _read_json(path / "eval" / "linear.json", run)
-    for f in sorted((path / "eval").glob("finetune_*.json")):
+    run, layout = RunData(path=path, name=path.resolve().name), RunLayout(path)
+    run.summary = _read_json(layout.summary, run)
+    run.knn = _read_json(layout.eval_dir / KNN_REPORT, run)
+    run.linear = _read_json(layout.eval_dir / LINEAR_REPORT, run)
+    for f in layout.finetune_reports():
         data = _read_json(f, run)
         if data:
-            run.finetune[str(data.get("tag") or f.stem[len("finetune_"):])] = data
-    metrics = path / "metrics.jsonl"
+            run.finetune[str(data.get("tag") or f.stem[len(FINETUNE_PREFIX):])] = data
+    metrics = layout.metrics
     if metrics.is_file():
         bad = 0
         for line in metrics.read_text(errors="replace").splitlines():

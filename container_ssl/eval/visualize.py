@@ -38,8 +38,8 @@ from ..models.affinity_probe import (
     mix_weights,
     static_kernels,
 )
+from .backbone import load_backbone, preprocessing
 from .options import add_checkpoint_args, positive_int, resolve_device, write_json
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["dino_mask", "load_image", "query_index", "visualize"]
 
@@ -62,15 +62,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .backbone import load_backbone
-
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise UserError(f"--threshold must be between 0 and 1 (a share of the attention mass), got {args.threshold}")
     queries = [_parse_query(q) for q in args.query]
     net, info = load_backbone(args.checkpoint, args.checkpoint_key, args.model, patch_size=args.patch_size)
-    aug = (info.get("config") or {}).get("aug") or {}
-    img_size = int(args.img_size or aug.get("global_size") or info.get("img_size") or 224)
-    mean, std = tuple(aug.get("mean") or IMAGENET_MEAN), tuple(aug.get("std") or IMAGENET_STD)
+    img_size, mean, std = preprocessing(info, args.img_size)
     summary = visualize(net, [Path(p) for p in args.images], Path(args.out), img_size, mean, std, queries,
                         threshold=args.threshold, samples=args.samples, device=resolve_device(args.device))
     summary.update({"checkpoint": info["checkpoint"], "checkpoint_key": info["checkpoint_key"],

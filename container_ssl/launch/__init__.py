@@ -1,1 +1,1 @@
-"""Launch: distributed set-up (single process, torchrun, SLURM) and submitit jobs."""
+"""Launch: any command as a SLURM job (or local processes) through submitit; what runs inside the job."""

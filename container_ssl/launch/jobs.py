@@ -38,7 +38,9 @@ import submitit
 import torch
 import torch.distributed as dist
 
-from ..errors import UserError
+from ..commands import COMMANDS
+from ..distributed import cleanup
+from ..errors import EXPECTED_ERRORS, UserError
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -46,8 +48,6 @@ CHECKPOINT = "checkpoint.pt"
 # ------------------------------------------------------------------------------------ command parsers
 def command_module(command: str) -> Any:
     """The module implementing a ``container-ssl`` sub-command (``configure_parser``/``run``)."""
-    from ..cli import COMMANDS
-
     return importlib.import_module(COMMANDS[command][0])
 
 
@@ -65,7 +65,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------------- distributed set-up
 def export_distributed_env() -> str:
-    """Export RANK/WORLD_SIZE/... for :func:`~container_ssl.launch.distributed.init_distributed`.
+    """Export RANK/WORLD_SIZE/... for :func:`~container_ssl.distributed.init_distributed`.
 
     Returns how this process was launched: ``torchrun`` (it exported the variables already),
     ``submitit`` (SLURM or local tasks: exported here from submitit's job environment when there is more
@@ -289,7 +289,7 @@ class CommandJob(submitit.helpers.Checkpointable):
                   f"launcher {launcher}, world size {os.environ.get('WORLD_SIZE', '1')}", flush=True)
         try:
             result = self._pretrain() if self.command == "pretrain" else self._run_command()
-        except UserError as e:
+        except EXPECTED_ERRORS as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise
         return {"command": self.command, "attempt": self.attempt, "restart_count": restarts,
@@ -297,11 +297,11 @@ class CommandJob(submitit.helpers.Checkpointable):
 
     # ------------------------------------------------------------------------------------------ pretrain
     def _pretrain(self) -> dict[str, Any]:
+        # the training stack (trainer, omegaconf) loads only in pretraining jobs, not with `submit`
         from omegaconf import OmegaConf
 
         from ..config import PretrainConfig
         from ..ssl.trainer import pretrain
-        from .distributed import cleanup
 
         cfg = OmegaConf.merge(OmegaConf.structured(PretrainConfig), self.config or {})
         resume, auto_resume = self._resume_flags(Path(cfg.output_dir) / CHECKPOINT)

@@ -19,7 +19,6 @@ refused, naming its option, before anything is written.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import shlex
@@ -33,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..argtypes import float_range, int_range
 from ..errors import UserError
 from .jobs import CommandJob, command_parser
 
@@ -47,6 +49,8 @@ MANAGED_SBATCH = {"nodes": "--nodes", "ntasks-per-node": "--tasks-per-node", "gp
                   "account": "--account", "qos": "--qos", "constraint": "--constraint", "mem": "--mem-gb",
                   "signal": "--signal-delay-s", "job-name": "--name", "output": "--job-dir", "error": "--job-dir",
                   "open-mode": None, "wckey": None}
+# sbatch reads --mem=0 as "all of the node's memory": at least 1 MB
+_MEMORY_GB = float_range(lo=1 / 1024, what="a number of GB", says="a finite number of GB, at least 1 MB (0.001)")
 
 EPILOG = """\
 The arguments after COMMAND are that command's own (see `container-ssl COMMAND --help`); the options
@@ -65,32 +69,6 @@ job resumes from that checkpoint (same metrics.jsonl and TensorBoard run). Evalu
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def _count(minimum: int, maximum: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def _memory_gb(text: str) -> float:
-    """Memory in GB: finite and at least 1 MB, since sbatch reads ``--mem=0`` as "all of the node's memory"."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of GB, got '{text}'") from None
-    if not math.isfinite(value) or value * 1024 < 1:
-        raise argparse.ArgumentTypeError(f"must be a finite number of GB, at least 1 MB (0.001), got {text}")
-    return value
-
-
 def _add_options(p: argparse.ArgumentParser) -> None:
     """The submit options. No defaults here: they depend on the command and are resolved in :func:`plan`."""
     g = p.add_argument_group("where")
@@ -110,26 +88,26 @@ def _add_options(p: argparse.ArgumentParser) -> None:
                         "from every node (default: OUTPUT_DIR/submitit)")
     g.add_argument("--name", help="job name (default: container-ssl-COMMAND)")
     r = p.add_argument_group("resources")
-    r.add_argument("--nodes", type=_count(1), help="nodes (default 1)")
-    r.add_argument("--gpus-per-node", type=_count(0),
+    r.add_argument("--nodes", type=int_range(1), help="nodes (default 1)")
+    r.add_argument("--gpus-per-node", type=int_range(0),
                    help="GPUs per node (default: 0 when the command runs on the CPU, i.e. device=cpu, else 1)")
-    r.add_argument("--tasks-per-node", type=_count(1),
+    r.add_argument("--tasks-per-node", type=int_range(1),
                    help="processes per node (default: pretraining: one per GPU, or 1 without GPUs; "
                         "evaluations: 1)")
-    r.add_argument("--cpus-per-task", type=_count(1),
+    r.add_argument("--cpus-per-task", type=int_range(1),
                    help="CPUs per process (default: data-loading workers + 1)")
-    r.add_argument("--mem-gb", type=_memory_gb, help="memory per node in GB (default: the partition's)")
+    r.add_argument("--mem-gb", type=_MEMORY_GB, help="memory per node in GB (default: the partition's)")
     t = p.add_argument_group("time limit and preemption")
-    t.add_argument("--timeout-min", type=_count(1),
+    t.add_argument("--timeout-min", type=int_range(1),
                    help=f"time limit in minutes (default {DEFAULT_TIMEOUT_MIN} = 3 days); a job that reaches "
                         "it is requeued and continues")
-    t.add_argument("--signal-delay-s", type=_count(1, SLURM_MAX_SIGNAL_DELAY_S),
+    t.add_argument("--signal-delay-s", type=int_range(1, SLURM_MAX_SIGNAL_DELAY_S),
                    help=f"SLURM sends USR2 this many seconds before the time limit (default "
                         f"{DEFAULT_SIGNAL_DELAY_S}). Within this window pretraining must finish its current "
                         "step, write checkpoint.pt and requeue: make it larger than a step plus a checkpoint "
                         "write. If no step ends within half of it, the job is requeued from the last saved "
                         "checkpoint instead (see checkpoint_every_steps)")
-    t.add_argument("--max-timeouts", type=_count(0),
+    t.add_argument("--max-timeouts", type=int_range(0),
                    help=f"requeues after reaching the time limit before giving up (default "
                         f"{DEFAULT_MAX_TIMEOUTS}); preemptions do not count")
     p.add_argument("--dry-run", action="store_true",
@@ -234,10 +212,9 @@ class Plan:
 
 def plan_from_argv(argv: Sequence[str]) -> Plan:
     """The plan for ``container-ssl submit ARGV`` (what :func:`run` does, minus printing/submitting)."""
-    from ..cli import build_parser
-
-    args = build_parser(only="submit").parse_args(["submit", *argv])
-    return plan(args)
+    parser = argparse.ArgumentParser(prog="container-ssl submit", allow_abbrev=False)
+    configure_parser(parser)
+    return plan(parser.parse_args(list(argv)))
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -334,8 +311,9 @@ class _Target:
 
 
 def _pretrain_target(args: argparse.Namespace) -> _Target:
+    # the training stack (trainer, omegaconf) loads only when a pretraining job is planned
     from ..config import to_dict
-    from ..ssl.trainer import config_from_args
+    from ..ssl.pretrain_cli import config_from_args
 
     cfg = config_from_args(args)
     out = Path(cfg.output_dir).expanduser().absolute()
@@ -390,8 +368,6 @@ def _check_resources(command: str, device: str, cluster: str, nodes: int, gpus: 
 
 
 def _local_gpus() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
-from ..errors import UserError
+from ..errors import InvalidArgument
 
 __all__ = ["AFFINITY_KINDS", "AffinityMixer", "ContainerBlock", "StaticTokenAffinity"]
 
@@ -45,8 +45,8 @@ class StaticTokenAffinity(nn.Module):
     def __init__(self, num_tokens: int, grid: tuple[int, int] | None = None) -> None:
         super().__init__()
         if num_tokens < 1:
-            raise UserError(f"mlp affinity needs a positive token count, got {num_tokens}; "
-                            "pass img_size so the feature-map size is known")
+            raise InvalidArgument(f"mlp affinity needs a positive token count, got {num_tokens}; "
+                                  "pass img_size so the feature-map size is known")
         self.num_tokens = num_tokens
         self.grid = grid
         self.weight = nn.Parameter(torch.empty(num_tokens, num_tokens))
@@ -62,9 +62,9 @@ class StaticTokenAffinity(nn.Module):
         b, c, h, w = v.shape
         if h * w != self.num_tokens:
             built = f"{self.grid[0]}x{self.grid[1]}" if self.grid else f"{self.num_tokens} tokens"
-            raise UserError(f"mlp affinity was built for a {built} feature map ({self.num_tokens} tokens) but got "
-                            f"{h}x{w} ({h * w} tokens); feed inputs of the img_size the model was created "
-                            "with, or create it with the new img_size")
+            raise InvalidArgument(f"mlp affinity was built for a {built} feature map ({self.num_tokens} tokens) "
+                                  f"but got {h}x{w} ({h * w} tokens); feed inputs of the img_size the model was "
+                                  "created with, or create it with the new img_size")
         return F.linear(v.flatten(2), self.weight, self.bias).reshape(b, c, h, w)
 
     def extra_repr(self) -> str:
@@ -94,15 +94,15 @@ class AffinityMixer(nn.Module):
     ) -> None:
         super().__init__()
         if affinity not in AFFINITY_KINDS:
-            raise UserError(f"unknown affinity {affinity!r}; use one of {', '.join(AFFINITY_KINDS)}")
+            raise InvalidArgument(f"unknown affinity {affinity!r}; use one of {', '.join(AFFINITY_KINDS)}")
         self.dim = dim
         self.affinity = affinity
         self.has_dynamic = affinity in _DYNAMIC
 
         if self.has_dynamic:
             if num_heads < 1 or dim % num_heads:
-                raise UserError(f"attention heads ({num_heads}) must divide the stage width ({dim}); "
-                                "choose a head count that divides it")
+                raise InvalidArgument(f"attention heads ({num_heads}) must divide the stage width ({dim}); "
+                                      "choose a head count that divides it")
             self.num_heads = num_heads
             # One 1x1 conv makes [q | k | v]; V is shared with the static path in the mixed kinds.
             self.qkv = nn.Conv2d(dim, dim * 3, 1)
@@ -112,12 +112,12 @@ class AffinityMixer(nn.Module):
 
         if affinity in _STATIC_CONV:
             if kernel_size < 1 or kernel_size % 2 == 0:
-                raise UserError(f"conv affinity kernel_size must be odd and positive, got {kernel_size}")
+                raise InvalidArgument(f"conv affinity kernel_size must be odd and positive, got {kernel_size}")
             self.static_conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         if affinity in _STATIC_MLP:
             if num_tokens is None:
-                raise UserError(f"the {affinity!r} affinity needs a fixed token count; "
-                                "create the model with img_size set to the input size")
+                raise InvalidArgument(f"the {affinity!r} affinity needs a fixed token count; "
+                                      "create the model with img_size set to the input size")
             self.static_mlp = StaticTokenAffinity(num_tokens, grid)
         if affinity in _MIXED:
             # Logit 0 -> the mix starts at 0.5 / 0.5, like the released model's sa_weight.

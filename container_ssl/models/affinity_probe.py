@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import InvalidArgument
 from .affinity import AffinityMixer
 
 __all__ = ["AttentionMaps", "attention_entropy", "kernel_spread", "last_attention", "mix_weights",
@@ -99,7 +99,7 @@ def last_attention(model: nn.Module, x: torch.Tensor) -> AttentionMaps:
     patch = model.patch_embed.patch_size
     grid = (x.shape[-2] // patch[0], x.shape[-1] // patch[1])
     if grid[0] * grid[1] != n - prefix:
-        raise UserError(f"cannot map {n - prefix} attention tokens onto a {grid[0]}x{grid[1]} patch grid")
+        raise InvalidArgument(f"cannot map {n - prefix} attention tokens onto a {grid[0]}x{grid[1]} patch grid")
     return AttentionMaps(attn, grid, prefix, target[0])
 
 
@@ -111,13 +111,13 @@ def _last_attention_module(model: nn.Module) -> tuple[tuple[str, nn.Module, nn.M
         dynamic = [(name, m) for name, m in model.named_modules()
                    if isinstance(m, AffinityMixer) and m.has_dynamic and name.startswith(f"stages.{last}.")]
         if not dynamic:
-            raise UserError(f"{type(model).__name__} has no attention (dynamic affinity) in its last stage; "
-                            "visualize needs a model with an attention, mix or pam stage 4")
+            raise InvalidArgument(f"{type(model).__name__} has no attention (dynamic affinity) in its last stage; "
+                                  "visualize needs a model with an attention, mix or pam stage 4")
         name, mixer = dynamic[-1]
         return (name, mixer.qkv, mixer), "container"
     blocks = getattr(model, "blocks", None)
     attn = getattr(blocks[-1], "attn", None) if blocks is not None and len(blocks) else None
     if attn is None or not hasattr(attn, "qkv"):
-        raise UserError(f"{type(model).__name__} is neither a Container nor a timm ViT; "
-                        "visualize supports the backbones listed by `container-ssl models`")
+        raise InvalidArgument(f"{type(model).__name__} is neither a Container nor a timm ViT; "
+                              "visualize supports the backbones listed by `container-ssl models`")
     return (f"blocks.{len(blocks) - 1}.attn", attn.qkv, attn), "vit"

@@ -43,7 +43,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
-from ..errors import UserError
+from ..errors import InvalidArgument
 from .affinity import AFFINITY_KINDS, ContainerBlock
 from .loading import checkpoint_filter_fn
 
@@ -88,8 +88,8 @@ class ContainerStage(nn.Module):
 def _per_stage(value, num_stages: int, name: str) -> tuple:
     values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * num_stages
     if len(values) != num_stages:
-        raise UserError(f"{name} has {len(values)} entries but the model has {num_stages} stages; "
-                        f"give one value per stage")
+        raise InvalidArgument(f"{name} has {len(values)} entries but the model has {num_stages} stages; "
+                              f"give one value per stage")
     return values
 
 
@@ -131,16 +131,18 @@ class Container(nn.Module):
         super().__init__()
         num_stages = len(dims)
         if num_stages < 1 or len(depths) != num_stages:
-            raise UserError(f"dims ({len(dims)} entries) and depths ({len(depths)} entries) must have one "
-                            "entry per stage")
+            raise InvalidArgument(f"dims ({len(dims)} entries) and depths ({len(depths)} entries) must have one "
+                                  "entry per stage")
         mlp_ratios = _per_stage(mlp_ratios, num_stages, "mlp_ratios")
         affinities = _per_stage(affinities, num_stages, "affinities")
         num_heads = _per_stage(num_heads, num_stages, "num_heads")
         for kind in affinities:
             if kind not in AFFINITY_KINDS:
-                raise UserError(f"unknown affinity {kind!r}; use one of {', '.join(AFFINITY_KINDS)}")
-        if not isinstance(stem_stride, int) or stem_stride < 1:
-            raise UserError(f"stem_stride must be a positive integer, got {stem_stride!r}")
+                raise InvalidArgument(f"unknown affinity {kind!r}; use one of {', '.join(AFFINITY_KINDS)}")
+        if not isinstance(stem_stride, int):
+            raise TypeError(f"stem_stride must be a positive integer, got {stem_stride!r}")
+        if stem_stride < 1:
+            raise InvalidArgument(f"stem_stride must be a positive integer, got {stem_stride!r}")
 
         self.num_classes = num_classes
         self.drop_rate = drop_rate
@@ -229,7 +231,7 @@ class Container(nn.Module):
         """Fail early, in words, when the patch embeddings would silently crop the input."""
         h, w = x.shape[-2:]
         if h % self.total_stride or w % self.total_stride:
-            raise UserError(
+            raise InvalidArgument(
                 f"input size {h}x{w} is not divisible by the model's total stride {self.total_stride} "
                 f"(stem stride {self.stem_stride} x {self.total_stride // self.stem_stride} from the later stages); "
                 f"resize or crop to a multiple of {self.total_stride}, or create the model with another stem_stride")
@@ -257,7 +259,7 @@ class Container(nn.Module):
             The list of intermediates, or (final features, intermediates).
         """
         if output_fmt != "NCHW":
-            raise UserError(f"output_fmt {output_fmt!r} is not supported by Container; use 'NCHW'")
+            raise InvalidArgument(f"output_fmt {output_fmt!r} is not supported by Container; use 'NCHW'")
         self._check_input(x)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_index = len(self.stages) - 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-from ..errors import UserError
+from ..errors import InvalidArgument
 
 __all__ = ["DEIT_SIZES", "create_deit"]
 
@@ -28,10 +28,10 @@ def create_deit(
 ) -> nn.Module:
     """timm ``deit_{size}_patch16_224`` with the given image/patch size, random init, any input size."""
     if size not in DEIT_SIZES:
-        raise UserError(f"unknown DeiT size {size!r}; use one of {', '.join(DEIT_SIZES)}")
+        raise InvalidArgument(f"unknown DeiT size {size!r}; use one of {', '.join(DEIT_SIZES)}")
     if patch_size < 1 or img_size % patch_size:
-        raise UserError(f"DeiT img_size {img_size} is not divisible by patch_size {patch_size}; "
-                        "choose a patch size that divides the image size")
+        raise InvalidArgument(f"DeiT img_size {img_size} is not divisible by patch_size {patch_size}; "
+                              "choose a patch size that divides the image size")
     return timm.create_model(
         f"deit_{size}_patch16_224",
         pretrained=False,

@@ -12,7 +12,7 @@ import timm
 from timm.models import model_entrypoint
 from torch import nn
 
-from ..errors import UserError
+from ..errors import InvalidArgument
 from . import container
 from .deit import DEIT_SIZES, create_deit
 
@@ -54,12 +54,12 @@ def create_backbone(
             kwargs["stem_stride"] = patch_size
         return timm.create_model(name, num_classes=num_classes, drop_path_rate=drop_path_rate,
                                  img_size=img_size, **kwargs)
-    raise UserError(f"unknown backbone {name!r}; valid names: {', '.join(backbone_names())}")
+    raise InvalidArgument(f"unknown backbone {name!r}; valid names: {', '.join(backbone_names())}")
 
 
 def feature_dim(model: nn.Module) -> int:
     """Width of the pooled feature that ``model(x)`` returns with ``num_classes=0``."""
     width = getattr(model, "num_features", None)
     if not isinstance(width, int):
-        raise UserError(f"{type(model).__name__} does not expose num_features; build it with create_backbone")
+        raise TypeError(f"{type(model).__name__} does not expose num_features; build it with create_backbone")
     return width

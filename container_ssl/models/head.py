@@ -17,7 +17,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from ..errors import UserError
+from ..errors import InvalidArgument
 
 __all__ = ["DINOHead"]
 
@@ -47,10 +47,10 @@ class DINOHead(nn.Module):
     ) -> None:
         super().__init__()
         if nlayers < 1:
-            raise UserError(f"DINO head nlayers must be at least 1, got {nlayers}")
+            raise InvalidArgument(f"DINO head nlayers must be at least 1, got {nlayers}")
         if min(in_dim, out_dim, hidden_dim, bottleneck_dim) < 1:
-            raise UserError(f"DINO head sizes must be positive (in_dim={in_dim}, out_dim={out_dim}, "
-                            f"hidden_dim={hidden_dim}, bottleneck_dim={bottleneck_dim})")
+            raise InvalidArgument(f"DINO head sizes must be positive (in_dim={in_dim}, out_dim={out_dim}, "
+                                  f"hidden_dim={hidden_dim}, bottleneck_dim={bottleneck_dim})")
         if nlayers == 1:
             self.mlp = nn.Linear(in_dim, bottleneck_dim)
         else:

@@ -14,15 +14,14 @@ import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
-import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint, strip_prefixes
-from ..errors import UserError
+from ..checkpoint import load_checkpoint
+from ..errors import InvalidArgument
+from ..run import compare_state, unwrap_state_dict
 
 __all__ = ["LoadResult", "checkpoint_filter_fn", "load_released_container_light"]
 
-_WRAPPER_KEYS = ("model", "state_dict")
 _OFFICIAL_KEY = re.compile(r"^(patch_embed\d+|blocks\d+)\.")
 _OFFICIAL_BLOCK = re.compile(r"^blocks(\d+)\.(\d+)\.(.+)$")
 _OFFICIAL_EMBED = re.compile(r"^patch_embed(\d+)\.(.+)$")
@@ -33,7 +32,6 @@ _BLOCK_RENAMES = {
     "conv2": "mixer.proj",
     "sa_weight": "mixer.mix_logit",
 }
-_SHOW = 4  # names shown per category in error messages
 
 
 class LoadResult(NamedTuple):
@@ -41,16 +39,6 @@ class LoadResult(NamedTuple):
 
     missing_keys: list[str]
     unexpected_keys: list[str]
-
-
-def _unwrap(state_dict: Mapping) -> dict:
-    """Descend into ``{'model': ...}`` / ``{'state_dict': ...}`` wrappers and strip ``module.``-style prefixes."""
-    while True:
-        inner = next((state_dict[k] for k in _WRAPPER_KEYS if isinstance(state_dict.get(k), Mapping)), None)
-        if inner is None:
-            break
-        state_dict = inner
-    return strip_prefixes(dict(state_dict))
 
 
 def _rename_official(key: str, is_mix_block: bool) -> str:
@@ -74,11 +62,11 @@ def _rename_official(key: str, is_mix_block: bool) -> str:
 def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module | None = None) -> dict:
     """Map an official CONTAINER-LIGHT state_dict onto this package's names (timm ``pretrained_filter_fn``).
 
-    Native dicts pass through unchanged (after unwrapping ``model``/``state_dict`` entries and ``module.``
-    prefixes). A block is a MixBlock when it carries ``sa_weight``: its ``conv1`` is the ``qkv`` conv;
-    in a CBlock ``conv1`` makes V only.
+    Native dicts pass through unchanged (after :func:`container_ssl.run.unwrap_state_dict`: ``model``/
+    ``state_dict`` entries and ``module.`` prefixes). A block is a MixBlock when it carries ``sa_weight``:
+    its ``conv1`` is the ``qkv`` conv; in a CBlock ``conv1`` makes V only.
     """
-    state_dict = _unwrap(state_dict)
+    state_dict = unwrap_state_dict(state_dict)
     if not any(_OFFICIAL_KEY.match(k) for k in state_dict):
         return state_dict
     mix_blocks = {k[: -len("sa_weight")] for k in state_dict if k.endswith(".sa_weight")}
@@ -90,11 +78,6 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module | None = None) ->
     return out
 
 
-def _names(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOW])
-    return shown + (", ..." if len(keys) > _SHOW else "")
-
-
 def load_released_container_light(
         model: nn.Module,
         path_or_state_dict: str | os.PathLike | Mapping,
@@ -102,9 +85,10 @@ def load_released_container_light(
 ) -> LoadResult:
     """Load a released (or native) CONTAINER-LIGHT checkpoint into ``model``.
 
-    Every mismatch (missing keys, unexpected keys, shape mismatches) is reported at once in one
-    :class:`UserError` line, so a checkpoint of another architecture is recognisable at a glance. Shape
-    mismatches always fail; with ``strict=False`` missing/unexpected keys are returned instead.
+    Every mismatch (missing keys, unexpected keys, shape mismatches) is reported at once in one line of
+    :class:`~container_ssl.errors.InvalidArgument` (a ``ValueError``), so a checkpoint of another
+    architecture is recognisable at a glance. Shape mismatches always fail; with ``strict=False``
+    missing/unexpected keys are returned instead.
     """
     if isinstance(path_or_state_dict, Mapping):
         source, raw = "state_dict", path_or_state_dict
@@ -112,21 +96,11 @@ def load_released_container_light(
         source, raw = str(path_or_state_dict), load_checkpoint(path_or_state_dict)
     state_dict = checkpoint_filter_fn(raw, model)
     own = model.state_dict()
-
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k, v in state_dict.items() if k not in own or not torch.is_tensor(v)]
-    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
-                  if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
-
-    if mismatched or (strict and (missing or unexpected)):
+    mismatch = compare_state(own, state_dict)
+    if mismatch.shapes or (strict and mismatch):
         arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-        parts = [f"{len(missing)} missing keys ({_names(missing)})" if missing else "0 missing keys",
-                 f"{len(unexpected)} unexpected keys ({_names(unexpected)})" if unexpected else "0 unexpected keys"]
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches ({_names(mismatched)})")
-        raise UserError(f"checkpoint {source} does not fit {arch}: " + "; ".join(parts)
-                        + "; use a checkpoint of this architecture and size"
-                        + ("" if mismatched else ", or strict=False to load only the matching keys"))
-
-    model.load_state_dict({k: v for k, v in state_dict.items() if k in own and torch.is_tensor(v)}, strict=False)
-    return LoadResult(missing, unexpected)
+        raise InvalidArgument(mismatch.message(source, arch, "use a checkpoint of this architecture and size"
+                                         + ("" if mismatch.shapes else ", or strict=False to load only the "
+                                                                       "matching keys")))
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    return LoadResult(mismatch.missing, mismatch.unexpected)

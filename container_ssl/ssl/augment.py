@@ -20,11 +20,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from ..config import Interpolation
 from ..errors import UserError
-
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..eval.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    interpolation_mode,
+    to_uint8_image,
+)
 
 
 @dataclass(frozen=True)
@@ -85,16 +88,13 @@ def read_aug_settings(aug_cfg: Any) -> AugSettings:
     try:
         global_size, local_size = int(aug_cfg.global_size), int(aug_cfg.local_size)
         n_local, base_size = int(aug_cfg.n_local), int(aug_cfg.base_size)
-        interpolation = str(aug_cfg.interpolation).lower()
+        interpolation = Interpolation(str(aug_cfg.interpolation).lower()).value  # ValueError if not a member
     except AttributeError as e:
         raise UserError(f"augmentation settings are missing a key: {e}") from None
     if global_size <= 0 or local_size <= 0:
         raise UserError(f"aug.global_size and aug.local_size must be > 0, got {global_size} and {local_size}")
     if n_local < 0 or base_size < 0:
         raise UserError(f"aug.n_local and aug.base_size must be >= 0, got {n_local} and {base_size}")
-    if interpolation not in INTERPOLATIONS:
-        raise UserError(f"aug.interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                        f"got {interpolation!r}")
     jitter = _floats(aug_cfg, "jitter", 4)
     if min(jitter) < 0 or jitter[3] > 0.5:
         raise UserError(f"aug.jitter [brightness, contrast, saturation, hue] must be >= 0 with hue <= 0.5, "
@@ -129,10 +129,6 @@ def blur_kernel_size(crop_size: int) -> int:
     return k if k % 2 else k + 1
 
 
-def _interpolation_mode(name: str) -> v2.InterpolationMode:
-    return v2.InterpolationMode[name.upper()]
-
-
 def random_resized_crop(s: AugSettings, size: int, scale: tuple[float, ...]) -> v2.RandomResizedCrop:
     """The crop of one view; its ``make_params`` is the box rule of both back-ends.
 
@@ -141,7 +137,7 @@ def random_resized_crop(s: AugSettings, size: int, scale: tuple[float, ...]) -> 
     The device back-end draws its boxes with this very object in the loader (``augment_gpu.BoxAndResize``),
     so on non-square images both back-ends crop from the same places.
     """
-    return v2.RandomResizedCrop(size, scale=scale, interpolation=_interpolation_mode(s.interpolation),
+    return v2.RandomResizedCrop(size, scale=scale, interpolation=interpolation_mode(s.interpolation),
                                 antialias=True)
 
 
@@ -161,24 +157,6 @@ def _view_pipeline(s: AugSettings, size: int, scale: tuple[float, ...], blur_p: 
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(s.mean), list(s.std)),
               v2.ToPureTensor()]
     return v2.Compose(steps)
-
-
-def to_uint8_image(image: Image.Image | torch.Tensor) -> torch.Tensor:
-    """A PIL image (any mode) or a ``[C, H, W]`` uint8 tensor as an RGB ``[3, H, W]`` uint8 tensor.
-
-    Why uint8 tensors: torchvision v2 kernels are fastest on tensors, and uint8 keeps solarisation's
-    threshold (128) and rounding identical to the PIL recipe.
-    """
-    if isinstance(image, Image.Image):
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        return v2.functional.pil_to_tensor(image)
-    if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3 \
-            or image.shape[0] not in (1, 3):
-        desc = f"{image.dtype} tensor of shape {tuple(image.shape)}" if isinstance(image, torch.Tensor) \
-            else type(image).__name__
-        raise UserError(f"augmentation expects a PIL image or a [3, H, W] uint8 tensor, got a {desc}")
-    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
 class MultiCropTransform:
@@ -203,38 +181,6 @@ class MultiCropTransform:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings})"
-
-
-class EvalTransform:
-    """Deterministic evaluation transform: resize the shorter side, centre-crop, normalise.
-
-    ``resize_to`` is the shorter side before the centre crop of ``size`` (e.g. 256 -> 224); ``None`` resizes
-    straight to ``size``, and then an image that already is ``size`` x ``size`` (32-px CIFAR at 32) is not
-    resampled: only conversion and normalisation happen, so evaluation sees the original pixels.
-    """
-
-    def __init__(self, size: int, resize_to: int | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, interpolation: str = "bicubic") -> None:
-        resize_to = size if resize_to is None else int(resize_to)
-        if size <= 0 or resize_to < size:
-            raise UserError(f"eval transform needs size > 0 and resize_to >= size, "
-                            f"got {size} and {resize_to}")
-        if interpolation not in INTERPOLATIONS:
-            raise UserError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                            f"got {interpolation!r}")
-        self.size, self.resize_to = int(size), resize_to
-        self.resize = v2.Compose([
-            v2.Resize(resize_to, interpolation=_interpolation_mode(interpolation), antialias=True),
-            v2.CenterCrop(size),
-        ])
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True),
-                                     v2.Normalize(list(mean), list(std)), v2.ToPureTensor()])
-
-    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        x = to_uint8_image(image)
-        if self.resize_to != self.size or tuple(x.shape[-2:]) != (self.size, self.size):
-            x = self.resize(x)
-        return self.normalize(x)
 
 
 def denormalize(tensor: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,

@@ -50,12 +50,12 @@ from torch import nn
 from torchvision.transforms import v2
 
 from ..errors import UserError
+from ..eval.transforms import to_uint8_image
 from .augment import (
     AugSettings,
     blur_kernel_size,
     random_resized_crop,
     read_aug_settings,
-    to_uint8_image,
 )
 
 _AA_SIGMA0 = 0.4  # blur (input px) of one pixel for the anti-alias pre-filter; see the module docstring

@@ -20,8 +20,10 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
+from ..config import AugBackend
 from ..data import Skipped, build_dataset
 from ..errors import UserError
+from .augment import MultiCropTransform
 from .sampling import ResumableSampler, SeededViews
 
 log = logging.getLogger(__name__)
@@ -50,13 +52,11 @@ def build_augmentation(aug_cfg: Any, device: torch.device) -> tuple[Callable, nn
     boxes and resizes there, and makes all crops of a batch at once on the training device (which may be
     the CPU).
     """
-    if aug_cfg.backend == "cpu":
-        from .augment import MultiCropTransform
+    if AugBackend(aug_cfg.backend) is AugBackend.cpu:
         return MultiCropTransform(aug_cfg), None
-    if aug_cfg.backend == "gpu":
-        from .augment_gpu import BoxAndResize, KorniaMultiCrop
-        return BoxAndResize(aug_cfg), KorniaMultiCrop(aug_cfg).to(device)
-    raise UserError(f"aug.backend must be 'cpu' or 'gpu', got '{aug_cfg.backend}'")
+    # AugBackend.gpu; kornia is imported only when the batched back-end is used
+    from .augment_gpu import BoxAndResize, KorniaMultiCrop
+    return BoxAndResize(aug_cfg), KorniaMultiCrop(aug_cfg).to(device)
 
 
 def build_loader(cfg: DictConfig, device: torch.device, rank: int = 0,

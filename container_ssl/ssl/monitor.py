@@ -22,10 +22,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data import build_dataset
+from ..distributed import DistInfo, barrier
 from ..eval.features import extract_features
 from ..eval.knn import check_class_sets, knn_classify
 from ..eval.transforms import eval_transform
-from ..launch.distributed import DistInfo, barrier
+from ..models.affinity_probe import mix_weights
+from .rankme import effective_rank, embedding_std
 
 
 def online_knn(backbone: nn.Module, cfg: DictConfig, info: DistInfo) -> tuple[float, Optional[float]]:
@@ -67,8 +69,6 @@ def label_free(backbone: nn.Module, images: Dataset, device: torch.device, num_w
     Features are computed in float32 (no autocast): bf16 rounding would bury the small singular values that
     RankMe counts.
     """
-    from .rankme import effective_rank, embedding_std
-
     was_training = backbone.training
     try:
         feats, _ = extract_features(backbone, images, batch_size=256, device=device, num_workers=num_workers,
@@ -126,8 +126,6 @@ class Monitors:
         """
         if not self.info.is_main:
             return
-        from ..models.affinity_probe import mix_weights
-
         m = self.cfg.monitor
         record: dict[str, Any] = {"alpha": mix_weights(backbone)}
         if m.rank_every and ((epoch + 1) % m.rank_every == 0 or epoch + 1 == self.epochs):

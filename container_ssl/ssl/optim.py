@@ -17,7 +17,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..config import OptimizerName
 
 
 def param_groups(model: nn.Module, skip_names: Iterable[str] = ()) -> list[dict]:
@@ -35,13 +35,12 @@ def param_groups(model: nn.Module, skip_names: Iterable[str] = ()) -> list[dict]
     return [{"params": decay, "name": "regularized"}, {"params": no_decay, "name": "not_regularized", "weight_decay": 0.0}]
 
 
-def build_optimizer(name: str, groups: list[dict], lr: float = 0.0, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(name: OptimizerName | str, groups: list[dict], lr: float = 0.0,
+                    fused: bool = False) -> torch.optim.Optimizer:
     """AdamW (DINO's default for ViT-like backbones) or SGD with momentum 0.9; lr is set per iteration."""
-    if name == "adamw":
+    if OptimizerName(name) is OptimizerName.adamw:  # ValueError if not a member
         return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
-    raise UserError(f"optim.optimizer must be 'adamw' or 'sgd', got '{name}'")
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9)
 
 
 def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> None:
@@ -61,4 +60,3 @@ def clip_per_parameter(parameters: Iterable[nn.Parameter], clip: float) -> torch
     scale = (clip / (norms + 1e-6)).clamp(max=1.0)
     torch._foreach_mul_(grads, scale.tolist())
     return norms
-

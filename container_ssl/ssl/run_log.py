@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import UserError
+from .augment import denormalize
 
 
 def check_output_dir(path: Path) -> None:
@@ -147,8 +148,6 @@ class RunLog:
         """The first 8 images of the first 3 crop batches, denormalised, to TensorBoard."""
         if self.tb is None:
             return
-        from .augment import denormalize
-
         for i, v in enumerate(views[: min(len(views), 3)]):
             images = denormalize(v[:8].detach().float().cpu(), mean, std).clamp(0, 1)
             self.tb.images(f"crops/view{i}", images, iteration)

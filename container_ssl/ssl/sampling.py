@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..data import Skipped
+from ..errors import UserError
 
 
 def _mix(*values: int) -> int:
@@ -35,7 +36,6 @@ class ResumableSampler(Sampler):
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         if num_samples < batch_size * world_size:
-            from ..errors import UserError
             raise UserError(f"the dataset has {num_samples} images, fewer than one global batch "
                             f"({batch_size} x {world_size} ranks); lower optim.batch_size_per_gpu")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed

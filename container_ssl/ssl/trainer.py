@@ -1,7 +1,7 @@
 """DINO pretraining: the loop around :class:`container_ssl.ssl.dino.DINO` (student, EMA teacher, loss, step).
 
 Why one function (:func:`pretrain`) with a config object: the same code path runs as a plain process,
-under torchrun and inside a submitit SLURM job (see :mod:`container_ssl.launch.distributed`), and the
+under torchrun and inside a submitit SLURM job (see :mod:`container_ssl.distributed`), and the
 resolved config saved next to the run is all that is needed to repeat it. The loop owns the data
 (:mod:`.loader`), the schedules (whose values it passes to the step), logging, saving and resuming.
 Everything it needs to continue exactly (weights, optimiser, scaler, loss centre, position in the epoch,
@@ -14,12 +14,10 @@ exits 130 / 143 (a second one aborts at once).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +28,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ..checkpoint import load_checkpoint, remove_stale_temps, save_atomic
-from ..config import changed_keys, load_config, to_dict, to_yaml
+from ..config import changed_keys, to_dict, to_yaml
 from ..data import left_out_record
-from ..errors import UserError
-from ..launch.distributed import (
+from ..distributed import (
     DistInfo,
     StopSignals,
     all_reduce_sum,
@@ -41,6 +38,7 @@ from ..launch.distributed import (
     max_over_ranks,
     peer_failure_line,
 )
+from ..errors import UserError
 from . import health
 from .dino import DINO
 from .health import LearnedNothing
@@ -53,6 +51,7 @@ from .loader import (
     name_unreadable,
     views_on_device,
 )
+from .monitor import Monitors
 from .optim import build_optimizer, set_lr_wd
 from .run_log import Progress, RunLog, check_output_dir
 from .schedules import Schedules
@@ -61,46 +60,6 @@ from .state import gather_rng_states, set_rng_state
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-
-
-# --------------------------------------------------------------------------------------------- CLI
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file from configs/pretrain/ (keys: container_ssl/config.py)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. optim.epochs=10 data.path=/data/imagenet")
-    p.add_argument("--output-dir", help="same as output_dir=...")
-    p.add_argument("--resume", metavar="CKPT",
-                   help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pt when it exists)")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUTPUT_DIR has a checkpoint")
-    p.add_argument("--on-nan", choices=["stop", "skip-step"],
-                   help="non-finite loss: stop with the step number (default) or skip that step and count it")
-    p.add_argument("--allow-data-change", action="store_true",
-                   help="resume although the training set differs from the checkpoint's (the run is no longer exact)")
-
-
-def config_from_args(args: argparse.Namespace) -> DictConfig:
-    """The run's config from the pretrain command line (also used by ``submit`` to validate before submitting)."""
-    overrides = list(args.overrides or [])
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    if args.on_nan:
-        overrides.append(f"on_nan={args.on_nan}")
-    return load_config(args.config, overrides)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    summary = pretrain(cfg, resume=args.resume, auto_resume=not args.no_resume,
-                       allow_data_change=args.allow_data_change)
-    stopped = (summary or {}).get("stopped_by")
-    if stopped:  # not finished: a non-zero status (128 + the signal), and where to go on from
-        ckpt = Path(cfg.output_dir) / CHECKPOINT
-        where = (f"checkpoint written to {ckpt}; run the same command again to resume" if ckpt.is_file()
-                 else "no step was trained, no checkpoint written")
-        print(f"stopped by {stopped} after iteration {summary['iteration']} of {summary['iterations']}: {where}",
-              file=sys.stderr, flush=True)
-        return 128 + int(signal.Signals[stopped])
-    return 0
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -167,8 +126,6 @@ class DinoTrainer:
         if info.is_main:
             (out / "config.yaml").write_text(to_yaml(cfg))
         self.run_log = RunLog(out, self.start_iteration, self.total_iters, self.epochs, info.is_main)
-        from .monitor import Monitors  # the evaluation code loads once a run starts
-
         self.monitors = Monitors(cfg, info, self.epochs, self.run_log.write, self.run_log.tb)
 
     # ------------------------------------------------------------------------------------------ loop
@@ -358,19 +315,10 @@ def _restore(ckpt: dict, student: nn.Module, teacher: nn.Module, optimizer: torc
     for key in ("student", "teacher", "optimizer", "loss", "epoch", "batch_in_epoch"):
         if key not in ckpt:
             raise UserError(f"checkpoint {path} has no '{key}' entry; it is not a container-ssl pretraining checkpoint")
+    from ..run import load_strict
+
     for name, module in (("student", student), ("teacher", teacher)):
-        own, saved = module.state_dict(), ckpt[name]
-        # checked before loading: load_state_dict raises a multi-line RuntimeError on a shape mismatch
-        missing = [k for k in own if k not in saved]
-        unexpected = [k for k in saved if k not in own]
-        shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in saved.items()
-                  if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
-        if missing or unexpected or shapes:
-            parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:2])})" for what, keys in
-                     (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
-            raise UserError(f"checkpoint {path} does not fit this model ({name}): {'; '.join(parts)}; "
-                            "use the config the run was started with")
-        module.load_state_dict(saved, strict=True)
+        load_strict(module, ckpt[name], path, f"this model ({name})", "use the config the run was started with")
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):

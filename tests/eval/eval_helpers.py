@@ -1,34 +1,12 @@
-"""Helpers for the evaluator tests: a tiny pretraining-format checkpoint and the files of a run folder."""
+"""Helpers for the evaluator tests: the evaluated model and the files of a run folder."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
-
-from container_ssl.checkpoint import save_atomic
-from container_ssl.models import create_backbone
-
-MODEL = {"name": "container_light_nano", "img_size": 32, "patch_size": 1, "drop_path_rate": 0.0, "out_dim": 16}
-MEAN, STD = [0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261]
-
-
-def write_pretrain_checkpoint(path: Path, data_path: str, seed: int = 0, model: dict | None = None) -> Path:
-    """A checkpoint in the pretraining format: config + teacher/student MultiCropWrapper state dicts."""
-    model = dict(model or MODEL)
-    torch.manual_seed(seed)
-    backbone = create_backbone(model["name"], img_size=model["img_size"], patch_size=model["patch_size"])
-    head = {"head.last_layer.weight": torch.randn(model["out_dim"], 8), "head.mlp.0.bias": torch.zeros(8)}
-    wrapper = {**{f"backbone.{k}": v for k, v in backbone.state_dict().items()}, **head}
-    config = {
-        "model": model,
-        "aug": {"global_size": model["img_size"], "mean": MEAN, "std": STD},
-        "data": {"path": data_path, "train_split": "train", "val_split": "val", "cache_dir": "", "num_workers": 0},
-    }
-    save_atomic({"config": config, "teacher": wrapper, "student": {k: v.clone() for k, v in wrapper.items()},
-                 "epoch": 2, "iteration": 30}, path)
-    return path
+# the evaluated network: the tiny run's container_light_nano at 32 px with stem stride 1
+MODEL = ("model.name=container_light_nano", "model.img_size=32", "model.patch_size=1")
 
 
 def write_run_files(run_dir: Path, epochs: int = 3, loss0: float = 9.0) -> None:

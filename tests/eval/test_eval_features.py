@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_helpers import write_pretrain_checkpoint
+from eval_helpers import MODEL
 from torch.utils.data import Dataset
 
 from container_ssl.checkpoint import load_checkpoint, save_atomic
@@ -44,8 +44,8 @@ class TensorImages(Dataset):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_pretrain_checkpoint(tmp_path_factory.mktemp("ck") / "checkpoint.pt", "unused", seed=1)
+def ckpt(tmp_path_factory, write_trainer_checkpoint) -> Path:
+    return write_trainer_checkpoint(tmp_path_factory.mktemp("ck"), *MODEL, "seed=1", epoch=2)
 
 
 def test_load_pretrain_checkpoint(ckpt):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from eval_helpers import write_pretrain_checkpoint
+from eval_helpers import MODEL
 from PIL import Image
 
 from container_ssl.data import build_dataset
@@ -27,8 +27,8 @@ RUN = {"batch_size": 4, "num_workers": 0, "use_amp": False}
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    return load_backbone(write_pretrain_checkpoint(tmp_path_factory.mktemp("ck") / "checkpoint.pt", "unused"))
+def backbone(tmp_path_factory, write_trainer_checkpoint):
+    return load_backbone(write_trainer_checkpoint(tmp_path_factory.mktemp("ck"), *MODEL))
 
 
 def _tree(root: Path, seed: int) -> Path:

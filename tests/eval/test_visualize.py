@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from container_ssl.checkpoint import load_checkpoint, save_atomic
 from container_ssl.cli import main
 from container_ssl.eval.visualize import dino_mask, load_image, query_index
 from container_ssl.models import create_backbone
@@ -16,17 +17,18 @@ from container_ssl.models import create_backbone
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
 
-def _checkpoint(tmp_path, name: str, patch_size: int) -> tuple:
-    torch.manual_seed(0)
+def _checkpoint(write, tmp_path, name: str, patch_size: int) -> tuple:
+    """A checkpoint written by the trainer, its teacher's first mixed block set to m = 0.8; and that
+    teacher's backbone, rebuilt by hand from the file's ``backbone.`` entries."""
+    path = write(tmp_path / "run", f"model.name={name}", "model.img_size=32", f"model.patch_size={patch_size}",
+                 f"aug.mean={MEAN}", f"aug.std={STD}")
+    blob = load_checkpoint(path)
+    logit = "backbone.stages.3.blocks.0.mixer.mix_logit"
+    if logit in blob["teacher"]:
+        blob["teacher"][logit].fill_(0.8)
+    save_atomic(blob, path)
     net = create_backbone(name, img_size=32, patch_size=patch_size).eval()
-    if hasattr(net, "stages"):
-        with torch.no_grad():
-            net.stages[3].blocks[0].mixer.mix_logit.fill_(0.8)
-    state = {f"backbone.{k}": v for k, v in net.state_dict().items()}
-    config = {"model": {"name": name, "img_size": 32, "patch_size": patch_size},
-              "aug": {"global_size": 32, "mean": MEAN, "std": STD}}
-    path = tmp_path / "checkpoint.pt"
-    torch.save({"config": config, "teacher": state, "student": state}, path)
+    net.load_state_dict({k[len("backbone."):]: v for k, v in blob["teacher"].items() if k.startswith("backbone.")})
     return path, net
 
 
@@ -55,8 +57,8 @@ def test_query_index():
     assert query_index((1.0, 0.0), (2, 3)) == 3
 
 
-def test_container_maps_alpha_entropy_and_spread(tmp_path):
-    ckpt, net = _checkpoint(tmp_path, "container_light_nano", 2)
+def test_container_maps_alpha_entropy_and_spread(tmp_path, write_trainer_checkpoint):
+    ckpt, net = _checkpoint(write_trainer_checkpoint, tmp_path, "container_light_nano", 2)
     images = _images(tmp_path)
     out = tmp_path / "vis"
     assert main(["visualize", "--checkpoint", str(ckpt), "--images", *images, "--out", str(out), "--img-size", "64",
@@ -99,8 +101,8 @@ def test_container_maps_alpha_entropy_and_spread(tmp_path):
                         rel_tol=1e-9)
 
 
-def test_deit_cls_attention_with_dino_mask(tmp_path):
-    ckpt, _ = _checkpoint(tmp_path, "deit_tiny", 8)
+def test_deit_cls_attention_with_dino_mask(tmp_path, write_trainer_checkpoint):
+    ckpt, _ = _checkpoint(write_trainer_checkpoint, tmp_path, "deit_tiny", 8)
     out = tmp_path / "vis"
     assert main(["visualize", "--checkpoint", str(ckpt), "--images", *_images(tmp_path, 1), "--out", str(out),
                  "--threshold", "0.6", "--device", "cpu"]) == 0
@@ -109,8 +111,8 @@ def test_deit_cls_attention_with_dino_mask(tmp_path):
     assert len(report["attention_entropy"]["per_head"]) == 3 and report["files"] == ["img0.png"]
 
 
-def test_unreadable_image_is_one_line(tmp_path, capsys):
-    ckpt, _ = _checkpoint(tmp_path, "container_light_nano", 2)
+def test_unreadable_image_is_one_line(tmp_path, capsys, write_trainer_checkpoint):
+    ckpt, _ = _checkpoint(write_trainer_checkpoint, tmp_path, "container_light_nano", 2)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     assert main(["visualize", "--checkpoint", str(ckpt), "--images", str(bad), "--out", str(tmp_path / "v")]) == 2

@@ -11,6 +11,7 @@ import timm
 import torch
 
 import container_ssl
+from container_ssl.checkpoint import load_checkpoint, save_atomic
 from container_ssl.cli import main
 from container_ssl.errors import UserError
 from container_ssl.export import export_backbone
@@ -65,20 +66,30 @@ def test_export_every_registered_model(name, tmp_path):
     _check_export(name, tmp_path)
 
 
-def _pretrain_checkpoint(tmp_path, name: str = "container_light_nano"):
-    """A pretraining checkpoint as the trainer writes it (config + teacher/student with a DINO head)."""
-    teacher, student = _backbone(name), create_backbone(name, img_size=32, patch_size=2)
-    wrap = lambda net: {**{f"backbone.{k}": v for k, v in net.state_dict().items()},
-                        "head.mlp.0.weight": torch.zeros(4, net.num_features)}
-    config = {"model": {"name": name, "img_size": 32, "patch_size": 1},
-              "aug": {"global_size": 32, "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}}
-    path = tmp_path / "checkpoint.pt"
-    torch.save({"config": config, "teacher": wrap(teacher), "student": wrap(student), "epoch": 1}, path)
+def _pretrain_checkpoint(write, tmp_path, name: str = "container_light_nano"):
+    """A pretraining checkpoint written by the trainer, its student moved off the teacher (so that exporting
+    the wrong network shows) and its teacher's BatchNorm statistics made non-trivial (so that a lost buffer
+    shows); and the teacher's backbone, rebuilt by hand from the file's entries."""
+    path = write(tmp_path / "run", f"model.name={name}", "model.img_size=32", "model.patch_size=1",
+                 "aug.mean=[0.49,0.48,0.45]", "aug.std=[0.25,0.24,0.26]")
+    blob = load_checkpoint(path)
+    for value in blob["student"].values():
+        if value.is_floating_point():
+            value.add_(0.5)
+    g = torch.Generator().manual_seed(0)
+    for key, value in blob["teacher"].items():  # non-trivial BatchNorm statistics, as in _backbone
+        if key.endswith("running_mean"):
+            value.copy_(torch.rand(value.shape, generator=g) - 0.5)
+        elif key.endswith("running_var"):
+            value.copy_(0.5 + 1.5 * torch.rand(value.shape, generator=g))
+    save_atomic(blob, path)
+    teacher = create_backbone(name, img_size=32, patch_size=1).eval()
+    teacher.load_state_dict({k[len("backbone."):]: v for k, v in blob["teacher"].items() if k.startswith("backbone.")})
     return path, teacher
 
 
-def test_cli_exports_the_teacher_of_a_run(tmp_path, capsys):
-    ckpt, teacher = _pretrain_checkpoint(tmp_path)
+def test_cli_exports_the_teacher_of_a_run(tmp_path, capsys, write_trainer_checkpoint):
+    ckpt, teacher = _pretrain_checkpoint(write_trainer_checkpoint, tmp_path)
     out = tmp_path / "export"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
@@ -90,8 +101,8 @@ def test_cli_exports_the_teacher_of_a_run(tmp_path, capsys):
         torch.testing.assert_close(container_ssl.load_pretrained(out)(x), teacher(x), rtol=0, atol=1e-5)
 
 
-def test_missing_onnx_extra_is_one_line(tmp_path, capsys, monkeypatch):
-    ckpt, _ = _pretrain_checkpoint(tmp_path)
+def test_missing_onnx_extra_is_one_line(tmp_path, capsys, monkeypatch, write_trainer_checkpoint):
+    ckpt, _ = _pretrain_checkpoint(write_trainer_checkpoint, tmp_path)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "e"), "--onnx"]) == 2
     err = capsys.readouterr().err.strip()

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from container_ssl.checkpoint import load_checkpoint
 from container_ssl.config import load_config
-from container_ssl.launch.distributed import DistInfo
+from container_ssl.distributed import DistInfo
 from container_ssl.ssl import trainer as trainer_mod
 from container_ssl.ssl.dino import build_models
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from container_ssl.errors import UserError
 from container_ssl.models.affinity import AffinityMixer, ContainerBlock
 
 B, C, H, W, HEADS = 2, 16, 4, 4, 4
@@ -168,7 +167,7 @@ def test_mix_logit_starts_at_half():
 
 def test_mlp_wrong_token_count_names_the_needed_size():
     mixer = AffinityMixer(C, "mlp", num_tokens=N, grid=(H, W))
-    with pytest.raises(UserError, match=r"4x4.*16 tokens.*8x8"):
+    with pytest.raises(ValueError, match=r"4x4.*16 tokens.*8x8"):
         mixer(torch.randn(B, C, 8, 8))
 
 
@@ -178,8 +177,8 @@ def test_mlp_wrong_token_count_names_the_needed_size():
     ({"affinity": "mlp"}, "token count"),
     ({"affinity": "conv", "kernel_size": 4}, "odd"),
 ])
-def test_bad_construction_is_a_user_error(kwargs, match):
-    with pytest.raises(UserError, match=match):
+def test_bad_construction_is_a_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
         AffinityMixer(C, **kwargs)
 
 

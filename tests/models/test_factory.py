@@ -6,7 +6,6 @@ import torch
 
 import container_ssl  # noqa: F401  (registers the models)
 from container_ssl.cli import main
-from container_ssl.errors import UserError
 from container_ssl.models import backbone_names, create_backbone, feature_dim
 
 CONTAINERS = ["container_attn_small", "container_attn_tiny", "container_light_nano", "container_light_small",
@@ -21,7 +20,7 @@ def test_names_and_timm_registration():
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(UserError, match="unknown backbone 'resnet50'.*container_light_tiny.*deit_small"):
+    with pytest.raises(ValueError, match="unknown backbone 'resnet50'.*container_light_tiny.*deit_small"):
         create_backbone("resnet50")
 
 
@@ -50,7 +49,7 @@ def test_deit_returns_cls_token_at_any_size():
 
 
 def test_deit_bad_patch_size():
-    with pytest.raises(UserError, match="patch_size"):
+    with pytest.raises(ValueError, match="patch_size"):
         create_backbone("deit_tiny", img_size=32, patch_size=5)
 
 

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from container_ssl.errors import UserError
 from container_ssl.models import DINOHead
 
 
@@ -56,5 +55,5 @@ def test_norm_last_layer_freezes_magnitude(norm_last_layer):
 def test_bn_and_depth_options():
     assert sum(isinstance(m, nn.BatchNorm1d) for m in _head(use_bn=True).mlp.modules()) == 2
     assert isinstance(_head(nlayers=1).mlp, nn.Linear)
-    with pytest.raises(UserError, match="nlayers"):
+    with pytest.raises(ValueError, match="nlayers"):
         DINOHead(12, nlayers=0)

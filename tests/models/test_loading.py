@@ -170,7 +170,7 @@ def test_wrapped_and_native_dicts_and_files(official, loaded, tmp_path):
 
 def test_other_architecture_is_one_readable_error(loaded):
     deit = timm.create_model("deit_tiny_patch16_224", pretrained=False).state_dict()
-    with pytest.raises(UserError) as info:
+    with pytest.raises(ValueError) as info:
         load_released_container_light(loaded, deit)
     message = str(info.value)
     assert "\n" not in message
@@ -180,7 +180,7 @@ def test_other_architecture_is_one_readable_error(loaded):
 def test_wrong_size_reports_shape_mismatches(official):
     _, state = official
     tiny = timm.create_model("container_light_tiny")
-    with pytest.raises(UserError, match="shape mismatches"):
+    with pytest.raises(ValueError, match="shape mismatches"):
         load_released_container_light(tiny, state, strict=False)
 
 

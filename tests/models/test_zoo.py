@@ -10,7 +10,6 @@ import timm
 import torch
 
 import container_ssl  # noqa: F401  (registers the models)
-from container_ssl.errors import UserError
 from container_ssl.models import AffinityMixer, create_backbone
 from container_ssl.models.complexity import build_on_meta
 from container_ssl.models.factory import container_names
@@ -72,7 +71,7 @@ def test_fixed_size_families_refuse_other_sizes_in_words(name):
     model = create_backbone(name, img_size=32, patch_size=2).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 256)
-        with pytest.raises(UserError, match=r"built for a 16x16 feature map.*8x8.*img_size"):
+        with pytest.raises(ValueError, match=r"built for a 16x16 feature map.*8x8.*img_size"):
             model(torch.randn(1, 3, 16, 16))
 
 

@@ -9,28 +9,17 @@ from __future__ import annotations
 import sys
 
 import pytest
-import torch
 
 from container_ssl.cli import main as cli_main
-from container_ssl.models import create_backbone
 
 from .figures import record, table
 from .helpers import one_line_error, short
 
 
-def _checkpoint(tmp_path):
-    net = create_backbone("container_light_nano", img_size=32, patch_size=2)
-    state = {f"backbone.{k}": v for k, v in net.state_dict().items()}
-    path = tmp_path / "checkpoint.pt"
-    torch.save({"config": {"model": {"name": "container_light_nano", "img_size": 32, "patch_size": 2},
-                           "aug": {"global_size": 32}}, "teacher": state, "student": state}, path)
-    return path
-
-
 @pytest.mark.reliability
-def test_visualize_and_export_bad_inputs_give_one_line(tmp_path, capfd, monkeypatch):
+def test_visualize_and_export_bad_inputs_give_one_line(tmp_path, capfd, monkeypatch, write_trainer_checkpoint):
     rows = []
-    ckpt = str(_checkpoint(tmp_path))
+    ckpt = str(write_trainer_checkpoint(tmp_path / "run"))  # written by the trainer: its schema, its writer
 
     def case(kind: str, argv: list[str], *must_contain: str) -> None:
         capfd.readouterr()

@@ -12,8 +12,8 @@ from torchvision.transforms import v2
 
 from container_ssl.config import AugConfig
 from container_ssl.errors import UserError
+from container_ssl.eval.transforms import EvalTransform
 from container_ssl.ssl.augment import (
-    EvalTransform,
     MultiCropTransform,
     blur_kernel_size,
     denormalize,
@@ -106,12 +106,21 @@ def test_blur_kernel_sizes():
 
 
 @pytest.mark.parametrize("change", [{"flip_p": 1.5}, {"global_scale": [0.9, 0.2]}, {"blur_p": [1.0, 0.1]},
-                                    {"interpolation": "lanczos"}, {"local_size": 0}, {"std": [0.2, 0.0, 0.2]},
+                                    {"local_size": 0}, {"std": [0.2, 0.0, 0.2]},
                                     {"jitter": [0.4, 0.4, 0.2, 0.9]}])
 def test_bad_settings_raise_user_error(change):
     cfg = dataclasses.replace(_cfg(), **change)
     for backend in (MultiCropTransform, KorniaMultiCrop, BoxAndResize):
         with pytest.raises(UserError):
+            backend(cfg)
+
+
+def test_an_interpolation_outside_its_enum_is_a_value_error():
+    """A config file or override with it fails at load time (tests/test_config_checks.py); an AugConfig built
+    by hand bypasses the schema and gets the Interpolation enum's own ValueError."""
+    cfg = dataclasses.replace(_cfg(), interpolation="lanczos")
+    for backend in (MultiCropTransform, KorniaMultiCrop, BoxAndResize):
+        with pytest.raises(ValueError, match="'lanczos' is not a valid Interpolation"):
             backend(cfg)
 
 

@@ -60,7 +60,7 @@ def _pretrain_worker(rank: int, world: int, port: int, overrides: list[str]) -> 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     from container_ssl.config import load_config
-    from container_ssl.launch.distributed import cleanup
+    from container_ssl.distributed import cleanup
     from container_ssl.ssl.trainer import pretrain
 
     torch.set_num_threads(1)

@@ -20,6 +20,8 @@ from typing import Any, Self
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 DEFAULT_TIMEOUT_S = 600
 
 
@@ -44,7 +46,6 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        from ..errors import UserError
         raise UserError(f"device={requested} but CUDA is not available here; use device=cpu or device=auto")
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
