@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from container_ssl.config import AugConfig
 from container_ssl.ssl.augment import MultiCropTransform
 from container_ssl.ssl.augment_gpu import KorniaMultiCrop
-from container_ssl.ssl.trainer import build_augmentation, collate_views
+from container_ssl.ssl.loader import build_augmentation, collate_views
 
 PRESETS = {"cifar": {"global_size": 32, "local_size": 16, "n_local": 2, "source": 32},
            "imagenet": {"global_size": 224, "local_size": 96, "n_local": 8, "source": 256}}

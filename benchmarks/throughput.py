@@ -230,7 +230,8 @@ def ours_step(model: str, preset: dict, images: list, args: argparse.Namespace):
     from torch.utils.data import default_collate
 
     from container_ssl.config import load_config
-    from container_ssl.ssl.trainer import DinoTrainer, build_augmentation
+    from container_ssl.ssl.loader import build_augmentation
+    from container_ssl.ssl.trainer import DinoTrainer
 
     folder = Path(tempfile.mkdtemp(prefix="bench-"))
     data = folder / "data"  # the run folder sits beside the data: the trainer refuses one inside it
@@ -254,9 +255,9 @@ def ours_step(model: str, preset: dict, images: list, args: argparse.Namespace):
     def step() -> torch.Tensor:
         trainer.train_step(make_views(), 0, it[0])
         it[0] += 1
-        return trainer.loss_fn.last_stats["loss"]
+        return trainer.dino.loss.last_stats["loss"]
 
-    return step, reference_loss("ours", args.out_dim), (trainer.student, trainer.teacher)
+    return step, reference_loss("ours", args.out_dim), (trainer.dino.student, trainer.dino.teacher)
 
 
 def lightly_step(model: str, preset: dict, images: list, args: argparse.Namespace):
@@ -314,8 +315,8 @@ def reference_loss(impl: str, out_dim: int, ncrops: int = 4, batch: int = 8) -> 
     if impl == "ours":
         from container_ssl.ssl.loss import DINOLoss
 
-        fn = DINOLoss(out_dim, ncrops, warmup_teacher_temp=0.04, teacher_temp=0.04, nepochs=100)
-        return float(fn(student.reshape(-1, out_dim), teacher.reshape(-1, out_dim), epoch=0))
+        fn = DINOLoss(out_dim, ncrops)
+        return float(fn(student.reshape(-1, out_dim), teacher.reshape(-1, out_dim), 0.04))
     from lightly.loss import DINOLoss as LightlyDINOLoss
 
     fn = LightlyDINOLoss(output_dim=out_dim, warmup_teacher_temp=0.04, teacher_temp=0.04)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Self
@@ -75,17 +76,34 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def max_over_ranks(value: int, device: torch.device) -> int:
-    """The largest ``value`` over all ranks (a MAX all-reduce; ``value`` itself outside DDP).
+def max_over_ranks(values: Sequence[int], device: torch.device) -> list[int]:
+    """The element-wise largest ``values`` over all ranks (one MAX all-reduce; ``values`` itself outside DDP).
 
-    Why: a decision one rank makes alone (a signal it caught) must be taken by every rank at the same step,
-    or the others block in the next collective.
+    Why: a decision one rank makes alone (a signal it caught, its clock passing the budget) must be taken
+    by every rank at the same step, or the others block in the next collective. Several decisions travel
+    in one tensor: the loop asks after every step, and each collective costs a round trip between ranks.
     """
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=device)
+        return [int(v) for v in values]
+    t = torch.tensor(list(values), dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return [int(v) for v in t.tolist()]
+
+
+_PEER_FAILURE_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out",
+                         "timeout", "gloo", "nccl", "processgroup", "c10d", "socket")
+
+
+def peer_failure_line(e: BaseException) -> str | None:
+    """The gist of an error of a torch.distributed collective (a peer rank died, hung or became unreachable)
+    in one short line; None for any other error."""
+    if not (isinstance(e, dist.DistError) or any(m in str(e).lower() for m in _PEER_FAILURE_MARKERS)):
+        return None
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    if line.startswith("[") and "] " in line:  # drop gloo's "[.../pair.cc:561] " source location
+        line = line.split("] ", 1)[1]
+    return line.split(". ", 1)[0][:160]
 
 
 class StopSignals:

@@ -14,8 +14,9 @@ import torch
 
 from container_ssl.config import load_config
 from container_ssl.ssl.augment import read_aug_settings
+from container_ssl.ssl.dino import build_models
+from container_ssl.ssl.loader import build_augmentation, collate_views
 from container_ssl.ssl.schedules import cosine_schedule
-from container_ssl.ssl.trainer import build_augmentation, build_models, collate_views
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "pretrain").glob("*.yaml"))
 

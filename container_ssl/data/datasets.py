@@ -179,10 +179,6 @@ def skip_bad_collate(batch: list) -> Any:
     return default_collate(kept)
 
 
-def count_skipped(batch: list) -> int:
-    return sum(1 for b in batch if b is None)
-
-
 def _keep_subset(ds: Any, limit: int, seed: int) -> None:
     order = list(range(len(ds.targets)))
     random.Random(seed).shuffle(order)

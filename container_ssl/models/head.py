@@ -83,6 +83,15 @@ class DINOHead(nn.Module):
         """Prototype parameters; DINO drops their gradients during the first epoch(s) to stabilise training."""
         return list(self.last_layer.parameters())
 
+    def cancel_last_layer_gradients(self) -> None:
+        """Drop the prototypes' gradients so the optimiser step leaves them as they are (DINO's frozen start).
+
+        Why the head decides: it knows which of its parameters are the prototypes; matching parameter names
+        from outside breaks as soon as a backbone has a layer of a similar name.
+        """
+        for p in self.last_layer_params():
+            p.grad = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mlp(x)
         x = F.normalize(x, dim=-1, p=2, eps=1e-6 if x.dtype == torch.float16 else 1e-12)

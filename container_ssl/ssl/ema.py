@@ -7,13 +7,8 @@ avoids collapse without negatives.
 
 from __future__ import annotations
 
-import copy
-
-import numpy as np
 import torch
 from torch import nn
-
-from .schedules import cosine_schedule
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -28,24 +23,6 @@ def _unwrap_name(name: str) -> str:
                 name = name[len(prefix):]
                 stripped = True
     return name
-
-
-def _unwrap_module(module: nn.Module) -> nn.Module:
-    """The plain model inside DDP / ``torch.compile`` wrappers (deep-copying a DDP wrapper is not allowed)."""
-    while True:
-        if isinstance(module, nn.parallel.DistributedDataParallel):
-            module = module.module
-        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
-            module = module._orig_mod
-        else:
-            return module
-
-
-def make_teacher(student: nn.Module) -> nn.Module:
-    """A deep copy of the (unwrapped) student with gradients off: the teacher starts equal to the student."""
-    teacher = copy.deepcopy(_unwrap_module(student))
-    teacher.requires_grad_(False)
-    return teacher
 
 
 @torch.no_grad()
@@ -81,12 +58,3 @@ def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> N
         return
     torch._foreach_mul_(teacher_list, momentum)
     torch._foreach_add_(teacher_list, student_list, alpha=1.0 - momentum)
-
-
-def teacher_momentum_schedule(base: float, final: float, epochs: int, iters_per_epoch: int) -> np.ndarray:
-    """Teacher momentum per iteration: cosine from ``base`` (e.g. 0.996) to ``final`` (1.0), no warm-up.
-
-    Why rising to 1: late in training the teacher should change ever more slowly, which sharpens the
-    ensembling effect and stabilises the targets.
-    """
-    return cosine_schedule(base, final, epochs, iters_per_epoch)

@@ -20,22 +20,6 @@ from torch import nn
 from ..errors import UserError
 
 
-def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float, warmup_teacher_temp_epochs: int,
-                          nepochs: int) -> np.ndarray:
-    """Teacher temperature per epoch: linear from the warm-up value to the final one, then constant.
-
-    Why a warm-up: a too-sharp teacher at initialisation makes the first epochs unstable; the temperature is
-    raised to its final value over ``warmup_teacher_temp_epochs`` epochs (the last warm-up epoch already
-    uses ``teacher_temp``).
-    """
-    if warmup_teacher_temp_epochs < 0 or nepochs <= 0:
-        raise UserError(f"teacher temperature schedule needs warm-up epochs >= 0 and epochs > 0, got "
-                        f"{warmup_teacher_temp_epochs} and {nepochs}")
-    warm = np.linspace(warmup_teacher_temp, teacher_temp, int(warmup_teacher_temp_epochs))
-    rest = np.full(max(int(nepochs) - int(warmup_teacher_temp_epochs), 0), float(teacher_temp))
-    return np.concatenate([warm, rest])
-
-
 def _upcast(x: torch.Tensor) -> torch.Tensor:
     """Half-precision logits to float32: softmaxes over 65k prototypes lose too much in bf16/fp16."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -53,35 +37,31 @@ class DINOLoss(nn.Module):
     teacher distributions, nats), ``teacher_kl_uniform`` (KL of the mean teacher distribution to uniform,
     nats: ~0 means every sample uses every prototype equally, i.e. uniform collapse if the entropy is also
     ~log(out_dim); ~log(out_dim) means one prototype wins everywhere) and ``loss``.
+
+    The teacher temperature comes with every call: its warm-up is a schedule of the loop's
+    (:func:`container_ssl.ssl.schedules.teacher_temp_schedule`), so the loss knows nothing of epochs.
     """
 
     center: torch.Tensor
 
-    def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float = 0.04,
-                 teacher_temp: float = 0.07, warmup_teacher_temp_epochs: int = 30, nepochs: int = 100,
-                 student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(self, out_dim: int, ncrops: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__()
         if ncrops < 2:
             raise UserError(f"DINO needs at least the 2 global crops, got ncrops={ncrops}")
-        if student_temp <= 0 or warmup_teacher_temp <= 0 or teacher_temp <= 0:
-            raise UserError("loss temperatures must be > 0, got "
-                            f"student {student_temp}, teacher {warmup_teacher_temp} -> {teacher_temp}")
+        if student_temp <= 0:
+            raise UserError(f"the student temperature must be > 0, got {student_temp}")
         if not 0.0 <= center_momentum <= 1.0:
             raise UserError(f"center_momentum must lie in [0, 1], got {center_momentum}")
         self.out_dim = int(out_dim)
         self.ncrops = int(ncrops)
         self.student_temp = float(student_temp)
         self.center_momentum = float(center_momentum)
-        self.teacher_temps = teacher_temp_schedule(warmup_teacher_temp, teacher_temp,
-                                                   warmup_teacher_temp_epochs, nepochs)
         self.register_buffer("center", torch.zeros(1, self.out_dim))
         self.last_stats: dict[str, Any] = {}
 
-    def teacher_temp_at(self, epoch: int) -> float:
-        """Teacher temperature used at ``epoch`` (the final value after the schedule's end)."""
-        return float(self.teacher_temps[min(max(int(epoch), 0), len(self.teacher_temps) - 1)])
-
-    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int) -> torch.Tensor:
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        if teacher_temp <= 0:
+            raise ValueError(f"the teacher temperature must be > 0, got {teacher_temp}")
         if student_output.shape[0] % self.ncrops or teacher_output.shape[0] % 2:
             raise ValueError(f"student batch {student_output.shape[0]} is not divisible by "
                              f"ncrops={self.ncrops} or teacher batch {teacher_output.shape[0]} by 2")
@@ -91,7 +71,7 @@ class DINOLoss(nn.Module):
                              f"per-view batch {batch}")
 
         student_logp = F.log_softmax(_upcast(student_output) / self.student_temp, dim=-1).chunk(self.ncrops)
-        temp = self.teacher_temp_at(epoch)
+        temp = float(teacher_temp)
         with torch.no_grad():
             teacher = _upcast(teacher_output.detach())
             teacher_logq = F.log_softmax((teacher - self.center) / temp, dim=-1)

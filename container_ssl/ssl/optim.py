@@ -1,4 +1,4 @@
-"""Optimiser set-up for DINO: parameter groups, per-parameter clipping, frozen last layer.
+"""Optimiser set-up for DINO: parameter groups, per-parameter clipping.
 
 Why these rules (facebookresearch/dino's recipe):
 - weight decay only on weights of rank ≥ 2; biases, norm parameters, the Container mix logits and any
@@ -6,7 +6,8 @@ Why these rules (facebookresearch/dino's recipe):
   pulls gates and scales towards zero for no regularisation benefit;
 - gradients are clipped per parameter tensor (each tensor's norm ≤ clip), as DINO does, which damps the
   rare exploding layer without rescaling every other layer;
-- the head's last layer gets no update in the first epoch(s), which DINO found stabilises the start.
+- the head's last layer gets no update in the first epoch(s), which DINO found stabilises the start: the
+  head drops those gradients itself (:meth:`container_ssl.models.DINOHead.cancel_last_layer_gradients`).
 """
 
 from __future__ import annotations
@@ -59,12 +60,3 @@ def clip_per_parameter(parameters: Iterable[nn.Parameter], clip: float) -> torch
     scale = (clip / (norms + 1e-6)).clamp(max=1.0)
     torch._foreach_mul_(grads, scale.tolist())
     return norms
-
-
-def cancel_last_layer_gradients(model: nn.Module, epoch: int, freeze_epochs: int) -> None:
-    """Drop the head's last-layer gradients while ``epoch < freeze_epochs``."""
-    if epoch >= freeze_epochs:
-        return
-    for name, p in model.named_parameters():
-        if "last_layer" in name:
-            p.grad = None

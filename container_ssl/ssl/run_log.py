@@ -1,4 +1,5 @@
-"""What a run writes as it goes: metrics JSON lines, TensorBoard events, console progress.
+"""What a run writes as it goes: metrics JSON lines, TensorBoard events, console progress (:class:`RunLog`
+holds all three, on rank 0 only).
 
 Why resume-aware: a run resumed from iteration ``i`` must neither lose nor repeat steps in its logs.
 Metrics lines past the checkpoint (written after the last save, before the crash) are dropped, and
@@ -9,10 +10,25 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from ..errors import UserError
+from .augment import denormalize
+
+
+def check_output_dir(path: Path) -> None:
+    """Create ``path`` and make sure it is writable now, before any training time is spent."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output_dir {path} is not writable ({e.strerror or e}); choose another output_dir") from None
 
 
 class MetricsLog:
@@ -98,3 +114,45 @@ class Progress:
 def _hms(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class RunLog:
+    """A run's metrics lines, TensorBoard events and console line, written by rank 0 only (``is_main``).
+
+    On resume from ``start_iteration`` (0 for a fresh start: that drops the lines of a run killed before
+    its first save) the logs continue where the checkpoint is.
+    """
+
+    def __init__(self, out: Path, start_iteration: int, total_iterations: int, epochs: int, is_main: bool) -> None:
+        self.epochs, self.total = epochs, total_iterations
+        self.metrics = MetricsLog(out / "metrics.jsonl", resume_iteration=start_iteration) if is_main else None
+        self.tb = TensorBoard(out / "tb", purge_step=start_iteration) if is_main else None
+        self.progress = Progress(total_iterations, start_iteration)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
+
+    def step(self, epoch: int, iteration: int, values: dict[str, Any]) -> None:
+        """One ``train`` line, its TensorBoard scalars and the console line. ``values`` (at least loss and lr)
+        may be 0-dim tensors: they become floats here, on every rank (a device sync, as a loss print is)."""
+        values = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) or hasattr(v, "item")}
+        if self.metrics is None:
+            return
+        self.write({"type": "train", "epoch": epoch, "iteration": iteration, **values,
+                    "images_per_s": self.progress.images_per_s()})
+        self.tb.scalars({f"train/{k}": v for k, v in values.items()}, iteration)
+        self.progress.line(epoch, self.epochs, iteration, {"loss": values["loss"], "lr": values["lr"]})
+
+    def crops(self, views: list, mean: Any, std: Any, iteration: int) -> None:
+        """The first 8 images of the first 3 crop batches, denormalised, to TensorBoard."""
+        if self.tb is None:
+            return
+        for i, v in enumerate(views[: min(len(views), 3)]):
+            images = denormalize(v[:8].detach().float().cpu(), mean, std).clamp(0, 1)
+            self.tb.images(f"crops/view{i}", images, iteration)
+
+    def close(self) -> None:
+        for sink in (self.metrics, self.tb):
+            if sink is not None:
+                sink.close()

@@ -1,4 +1,5 @@
-"""Per-iteration hyper-parameter schedules (learning rate, weight decay, teacher momentum).
+"""Hyper-parameter schedules: per iteration (learning rate, weight decay, teacher momentum) and per epoch
+(teacher temperature).
 
 Why per iteration and precomputed: DINO changes these values at every optimisation step, and a plain
 array indexed by the global iteration is trivial to resume from a checkpoint (no scheduler state to save)
@@ -8,6 +9,8 @@ and costs nothing inside the training loop.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,3 +42,44 @@ def cosine_schedule(base_value: float, final_value: float, epochs: int, iters_pe
         phase = np.cos(math.pi * steps / max(n - 1, 1))
         cosine = final_value + 0.5 * (base_value - final_value) * (1.0 + phase)
     return np.concatenate([warmup, cosine])
+
+
+def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float, warmup_teacher_temp_epochs: int,
+                          nepochs: int) -> np.ndarray:
+    """Teacher temperature per epoch: linear from the warm-up value to the final one, then constant.
+
+    Why a warm-up: a too-sharp teacher at initialisation makes the first epochs unstable; the temperature is
+    raised to its final value over ``warmup_teacher_temp_epochs`` epochs (the last warm-up epoch already
+    uses ``teacher_temp``). The array covers at least ``nepochs`` epochs.
+    """
+    if warmup_teacher_temp_epochs < 0 or nepochs <= 0:
+        raise UserError(f"teacher temperature schedule needs warm-up epochs >= 0 and epochs > 0, got "
+                        f"{warmup_teacher_temp_epochs} and {nepochs}")
+    if warmup_teacher_temp <= 0 or teacher_temp <= 0:
+        raise UserError(f"teacher temperatures must be > 0, got {warmup_teacher_temp} -> {teacher_temp}")
+    warm = np.linspace(warmup_teacher_temp, teacher_temp, int(warmup_teacher_temp_epochs))
+    rest = np.full(max(int(nepochs) - int(warmup_teacher_temp_epochs), 0), float(teacher_temp))
+    return np.concatenate([warm, rest])
+
+
+@dataclass(frozen=True)
+class Schedules:
+    """A run's schedules: ``lr``, ``wd`` and teacher ``momentum`` per iteration, ``teacher_temp`` per epoch."""
+
+    lr: np.ndarray
+    wd: np.ndarray
+    momentum: np.ndarray
+    teacher_temp: np.ndarray
+
+    @classmethod
+    def for_run(cls, cfg: Any, iters_per_epoch: int, world_size: int) -> Schedules:
+        """From the config's ``optim`` and ``loss`` sections; the learning rate scales with the global batch."""
+        o, lc, epochs = cfg.optim, cfg.loss, cfg.optim.epochs
+        global_batch = o.batch_size_per_gpu * world_size
+        return cls(
+            lr=cosine_schedule(o.base_lr * global_batch / 256.0, o.min_lr, epochs, iters_per_epoch,
+                               warmup_epochs=o.warmup_epochs),
+            wd=cosine_schedule(o.weight_decay, o.weight_decay_end, epochs, iters_per_epoch),
+            momentum=cosine_schedule(o.momentum_teacher, o.momentum_teacher_end, epochs, iters_per_epoch),
+            teacher_temp=teacher_temp_schedule(lc.warmup_teacher_temp, lc.teacher_temp, lc.warmup_teacher_temp_epochs,
+                                               epochs))

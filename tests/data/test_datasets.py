@@ -12,7 +12,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from container_ssl.data import build_dataset, resolve_root
 from container_ssl.data.archives import extract_archive
 from container_ssl.errors import UserError
-from container_ssl.ssl.trainer import collate_views
+from container_ssl.ssl.loader import collate_views
 
 
 def _image(path: Path, mode: str = "RGB", size=(8, 8)) -> Path:

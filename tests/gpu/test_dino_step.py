@@ -25,6 +25,7 @@ from container_ssl.checkpoint import load_checkpoint
 from container_ssl.config import load_config
 from container_ssl.distributed import DistInfo
 from container_ssl.ssl import trainer as trainer_mod
+from container_ssl.ssl.dino import build_models
 
 from .conftest import cuda_only, pretrain_cli, tiny_overrides, train_losses
 
@@ -45,7 +46,7 @@ class Run:
 def _initial_student(data: Path, out: Path) -> dict[str, torch.Tensor]:
     cfg = load_config(overrides=tiny_overrides(data, out, torch.device("cpu"), STEPS))
     torch.manual_seed(cfg.seed)
-    student, _ = trainer_mod.build_models(cfg)
+    student, _ = build_models(cfg)
     return {k: v.detach().clone() for k, v in student.state_dict().items()}
 
 
@@ -169,9 +170,9 @@ def test_one_rank_nccl_group_with_sync_batchnorm(data, reference, device, tmp_pa
         monkeypatch.setattr(trainer_mod, "init_distributed", lambda *_a, **_k: _GroupOfOne(device=device))
         cfg = load_config(overrides=tiny_overrides(data, tmp_path / "run", device, STEPS, "optim.amp=none"))
         trainer = trainer_mod.DinoTrainer(cfg, auto_resume=False)
-        assert isinstance(trainer.student_ddp, torch.nn.parallel.DistributedDataParallel)
-        assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in trainer.student.modules())
-        assert not any(type(m) is torch.nn.BatchNorm2d for m in trainer.student.modules())
+        assert isinstance(trainer.dino.student_ddp, torch.nn.parallel.DistributedDataParallel)
+        assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in trainer.dino.student.modules())
+        assert not any(type(m) is torch.nn.BatchNorm2d for m in trainer.dino.student.modules())
         trainer.train()
     finally:
         dist.destroy_process_group()

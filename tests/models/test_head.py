@@ -47,6 +47,9 @@ def test_norm_last_layer_freezes_magnitude(norm_last_layer):
     assert (magnitude.grad is None) is norm_last_layer
     assert head.last_layer.parametrizations.weight.original1.grad is not None
     assert {id(p) for p in head.last_layer_params()} == {id(p) for p in head.last_layer.parameters()}
+    head.cancel_last_layer_gradients()  # the frozen first epoch(s): the prototypes get no update, the MLP does
+    assert all(p.grad is None for p in head.last_layer.parameters())
+    assert all(p.grad is not None for p in head.mlp.parameters())
 
 
 def test_bn_and_depth_options():

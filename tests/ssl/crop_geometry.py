@@ -18,7 +18,7 @@ import torch
 
 from container_ssl.config import AugConfig
 from container_ssl.ssl.augment import denormalize
-from container_ssl.ssl.trainer import build_augmentation, collate_views
+from container_ssl.ssl.loader import build_augmentation, collate_views
 
 # (name, height, width): landscape, portrait, very wide, square
 SHAPES = (("3:2", 64, 96), ("2:3", 96, 64), ("4:1", 32, 128), ("1:1", 64, 64))

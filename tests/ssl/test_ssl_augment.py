@@ -19,7 +19,7 @@ from container_ssl.ssl.augment import (
     denormalize,
 )
 from container_ssl.ssl.augment_gpu import BoxAndResize, BoxedCanvas, KorniaMultiCrop
-from container_ssl.ssl.trainer import collate_views
+from container_ssl.ssl.loader import collate_views
 
 MEAN, STD = AugConfig().mean, AugConfig().std
 

@@ -12,12 +12,20 @@ from container_ssl.checkpoint import load_checkpoint
 from container_ssl.data import build_dataset
 from container_ssl.eval.backbone import load_backbone
 from container_ssl.eval.transforms import eval_transform
+from container_ssl.ssl import monitor
 from container_ssl.ssl.trainer import pretrain
 from tests.tiny import tiny_cfg
 
 
-def test_monitor_logs_alpha_rank_and_warns_on_collapse(cifar10_small, tmp_path, capsys):
+def test_monitor_logs_alpha_rank_and_warns_on_collapse(cifar10_small, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
+    built = []  # the fixed batch is listed once, at its first use, then reused every epoch
+
+    def counting_build(*args, **kwargs):
+        built.append((args, kwargs))
+        return build_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(monitor, "build_dataset", counting_build)
     # collapse_std=2 is above any real value (1 = isotropic), so the alarm must fire every epoch
     cfg = tiny_cfg(cifar10_small, out, "data.subset=32", "optim.epochs=2", "monitor.rank_images=40",
                    "monitor.collapse_std=2.0")
@@ -27,6 +35,7 @@ def test_monitor_logs_alpha_rank_and_warns_on_collapse(cifar10_small, tmp_path, 
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     monitors = [r for r in records if r["type"] == "monitor"]
     assert [r["epoch"] for r in monitors] == [0, 1]
+    assert len(built) == 1 and built[0][1]["limit"] == 40, built
     last = monitors[-1]
 
     # alpha is sigmoid of the teacher's mixing logit as saved at the end of the run

@@ -43,11 +43,11 @@ def test_last_layer_frozen_in_first_epoch(cifar10_small, tmp_path):
     cfg = tiny_cfg(cifar10_small, tmp_path / "run", "data.subset=32", "optim.epochs=2", "optim.freeze_last_layer=1",
                    "model.norm_last_layer=false", "optim.warmup_epochs=0")
     trainer = DinoTrainer(cfg)
-    last = {k: v.clone() for k, v in trainer.student.head.named_parameters() if "last_layer" in k}
-    other = {k: v.clone() for k, v in trainer.student.head.named_parameters() if "last_layer" not in k}
+    last = {k: v.clone() for k, v in trainer.dino.student.head.named_parameters() if "last_layer" in k}
+    other = {k: v.clone() for k, v in trainer.dino.student.head.named_parameters() if "last_layer" not in k}
     assert last
     trainer.train(lambda: True)  # one step, in epoch 0
-    now = dict(trainer.student.head.named_parameters())
+    now = dict(trainer.dino.student.head.named_parameters())
     assert all(torch.equal(now[k], v) for k, v in last.items()), "last layer moved in the frozen epoch"
     assert any(not torch.equal(now[k], v) for k, v in other.items()), "the rest of the head did not train"
 
@@ -104,7 +104,7 @@ def test_changed_keys_flattens_and_ignores_free_keys():
 
 
 def test_cpu_thread_tip_only_when_workers_share_cpu_cores_with_spinning_threads():
-    from container_ssl.ssl.trainer import cpu_thread_tip
+    from container_ssl.ssl.loader import cpu_thread_tip
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     tip = cpu_thread_tip(cpu, "cpu", 1, {})
@@ -168,12 +168,12 @@ def test_output_dir_inside_the_data_folder_is_refused(cifar10_small, tmp_path):
 
 
 def test_non_finite_weights_are_never_saved(cifar10_small, tmp_path):
-    from container_ssl.ssl.trainer import LearnedNothing
+    from container_ssl.ssl.health import LearnedNothing
 
     trainer = DinoTrainer(tiny_cfg(cifar10_small, tmp_path, "data.subset=32", "optim.epochs=1"))
     trainer.save(0, 1)
     before = (tmp_path / "checkpoint.pt").read_bytes()
-    name, param = next(iter(trainer.teacher.named_parameters()))
+    name, param = next(iter(trainer.dino.teacher.named_parameters()))
     with torch.no_grad():
         param.view(-1)[0] = float("nan")
     with pytest.raises(LearnedNothing, match=rf"1 weight tensor\(s\) became non-finite .*teacher\.{name}.*not saved"):
