@@ -41,8 +41,7 @@ import torch.distributed as dist
 from ..commands import COMMANDS
 from ..distributed import cleanup
 from ..errors import EXPECTED_ERRORS, UserError
-
-CHECKPOINT = "checkpoint.pt"
+from ..run import CHECKPOINT
 
 
 # ------------------------------------------------------------------------------------ command parsers

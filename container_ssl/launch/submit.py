@@ -36,6 +36,7 @@ import torch
 
 from ..argtypes import float_range, int_range
 from ..errors import UserError
+from ..run import CHECKPOINT, EVAL_DIR
 from .jobs import CommandJob, command_parser
 
 SUBMITTABLE = ("pretrain", "knn", "linear", "finetune")
@@ -324,7 +325,7 @@ def _pretrain_target(args: argparse.Namespace) -> _Target:
         resume = str(Path(args.resume).expanduser().absolute())
         if not Path(resume).is_file():
             raise UserError(f"--resume {args.resume}: no such checkpoint file; pass an existing checkpoint.pt")
-    elif not args.no_resume and (out / "checkpoint.pt").is_file():
+    elif not args.no_resume and (out / CHECKPOINT).is_file():
         notes.append(f"{out / 'checkpoint.pt'} exists: the job continues from it (--no-resume starts afresh)")
     return _Target(device=cfg.device, workers=int(cfg.data.num_workers), output_dir=out, config=to_dict(cfg),
                    resume=resume, auto_resume=not args.no_resume, notes=notes)
@@ -337,7 +338,7 @@ def _eval_target(command: str, args: argparse.Namespace) -> _Target:
     if args.output_dir:
         out = Path(args.output_dir).expanduser()
     elif checkpoint:
-        out = Path(checkpoint).expanduser().absolute().parent / "eval"
+        out = Path(checkpoint).expanduser().absolute().parent / EVAL_DIR
     else:
         raise UserError(f"{command}: pass --output-dir (there is no checkpoint to put the results next to)")
     return _Target(device=args.device, workers=int(args.num_workers), output_dir=out.absolute())

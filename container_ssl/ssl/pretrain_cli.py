@@ -15,7 +15,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..config import OnNan, load_config
-from .trainer import CHECKPOINT, pretrain
+from ..run import CHECKPOINT
+from .trainer import pretrain
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import UserError
+from ..run import METRICS
 from .augment import denormalize
 
 
@@ -125,7 +126,7 @@ class RunLog:
 
     def __init__(self, out: Path, start_iteration: int, total_iterations: int, epochs: int, is_main: bool) -> None:
         self.epochs, self.total = epochs, total_iterations
-        self.metrics = MetricsLog(out / "metrics.jsonl", resume_iteration=start_iteration) if is_main else None
+        self.metrics = MetricsLog(out / METRICS, resume_iteration=start_iteration) if is_main else None
         self.tb = TensorBoard(out / "tb", purge_step=start_iteration) if is_main else None
         self.progress = Progress(total_iterations, start_iteration)
 

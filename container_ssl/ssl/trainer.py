@@ -39,6 +39,7 @@ from ..distributed import (
     peer_failure_line,
 )
 from ..errors import UserError
+from ..run import CHECKPOINT, CONFIG, SUMMARY
 from . import health
 from .dino import DINO
 from .health import LearnedNothing
@@ -59,7 +60,6 @@ from .state import gather_rng_states, set_rng_state
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -124,7 +124,7 @@ class DinoTrainer:
             self._resume(Path(resume) if resume else out / CHECKPOINT)
         self.start_iteration = self.start_epoch * self.iters + self.start_batch
         if info.is_main:
-            (out / "config.yaml").write_text(to_yaml(cfg))
+            (out / CONFIG).write_text(to_yaml(cfg))
         self.run_log = RunLog(out, self.start_iteration, self.total_iters, self.epochs, info.is_main)
         self.monitors = Monitors(cfg, info, self.epochs, self.run_log.write, self.run_log.tb)
 
@@ -306,7 +306,7 @@ class DinoTrainer:
             "unreadable_files": self.unreadable_files,  # failed to decode: this rank, this invocation
         }
         if self.info.is_main:
-            (self.out / "summary.json").write_text(json.dumps(out, indent=2))
+            (self.out / SUMMARY).write_text(json.dumps(out, indent=2))
         return out
 
 

@@ -110,7 +110,7 @@ def test_stop_signals_and_the_budget_share_one_collective_per_step(cifar10_small
     per step the loss centre and the finite-loss check, a decision after each step but the last (which
     ends the run), and the epoch's sample counts.
     """
-    from tests.train.test_pretrain import TINY
+    from tests.tiny import TINY
 
     out, steps = tmp_path / "ddp", 4
     overrides = TINY + [f"data.path={cifar10_small}", f"output_dir={out}", "data.subset=64", "optim.epochs=1",
