@@ -35,11 +35,17 @@ WAIT_S = 240.0
 ROWS: list[tuple[str, ...]] = []
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(args: list[str], log: Path, err: Path, how: signal.Signals, to_group: bool, times: int = 1) -> int:
     """Start the run, send ``how`` once step SIGNAL_AFTER is logged (``times`` in a row); return its exit status."""
     with open(log, "w") as fo, open(err, "w") as fe:
+        # its own process group, as a terminal job has, with Ctrl-C's default action even when this test
+        # runs in a background job (which starts with SIGINT ignored, and the run rightly keeps that)
         proc = subprocess.Popen(cli_command(args), stdout=fo, stderr=fe, env=cli_env(), cwd=REPO,
-                                start_new_session=True)  # its own process group, as a terminal job has
+                                start_new_session=True, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + WAIT_S
         while not re.search(rf" it {SIGNAL_AFTER}/{TOTAL_ITERATIONS} ", log.read_text()):
