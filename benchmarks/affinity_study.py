@@ -20,9 +20,13 @@ size (32 px) instead of 16 px: same crops and views, more compute per view, paid
 
     python benchmarks/affinity_study.py                  # full CPU study: 15 min each + 2 x 30 min peer (~2.5 h)
     python benchmarks/affinity_study.py --minutes 10 --peer-minutes 10   # ~1.5 h: the peer reuses our 10-min run
+    python benchmarks/affinity_study.py --jobs 2 --no-peer   # ~1.3 h on 2 cores: two variants at once, one core each
     python benchmarks/affinity_study.py --models container_attn_tiny --no-peer
     python benchmarks/affinity_study.py --smoke          # whole pipeline in seconds per variant, temp folder
     python benchmarks/affinity_study.py --scale gpu      # 200 epochs each, configs/pretrain/cifar10_*_gpu.yaml
+
+``--jobs N`` trains N variants at once, each in a worker pinned to a CPU core of its own with one torch thread,
+so each variant's budget is one core (the two runs still share the memory bus; the report says so).
 
 Results (JSON, report.md and PNGs of kNN against GMACs and against training time) go to
 ``benchmarks/results/affinity_study/`` (``--out``); run folders with checkpoints go under ``--runs``.
@@ -33,12 +37,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -291,6 +297,34 @@ class Study:
         return report
 
 
+def _pin_worker(cores: Any) -> None:
+    """A pool worker takes one core of its own and one torch thread: its variant's budget is that core."""
+    os.sched_setaffinity(0, {cores.get()})
+    torch.set_num_threads(1)
+
+
+def _variant_on_own_core(study: Study, name: str) -> dict[str, Any]:
+    result = study.variant(name)
+    result["plan"]["cpu_cores"] = sorted(os.sched_getaffinity(0))
+    return result
+
+
+def run_variants(study: Study, names: list[str], jobs: int) -> dict[str, Any]:
+    """Every variant, ``jobs`` at a time on a core each (``jobs == 1``: in this process, on all its cores)."""
+    if jobs == 1:
+        return {name: study.variant(name) for name in names}
+    cores = sorted(os.sched_getaffinity(0))
+    if jobs > len(cores):
+        sys.exit(f"--jobs {jobs}: this process may run on {len(cores)} CPU core(s); give at most that many")
+    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    queue = ctx.Queue()
+    for core in cores[:jobs]:
+        queue.put(core)
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_pin_worker, initargs=(queue,)) as pool:
+        futures = {name: pool.submit(_variant_on_own_core, study, name) for name in names}
+        return {name: future.result() for name, future in futures.items()}
+
+
 def _patch(result: dict) -> int | None:
     """The run's stem stride / patch size, from its saved config overrides or the config file."""
     from container_ssl.config import load_config
@@ -319,10 +353,19 @@ def _plot(results: dict, x_key: str, xlabel: str, out: Path) -> bool:
     return True
 
 
+def _budget_line(results: dict) -> list[str]:
+    cores, jobs = results.get("cpu_cores_per_variant"), results.get("jobs", 1)
+    if not cores:
+        return []
+    shared = f"; {jobs} variants trained at once, sharing the memory bus" if jobs > 1 else ", one variant at a time"
+    return [f"Budget: {results['minutes']} min of training per variant on {cores} CPU core(s) each{shared}.", ""]
+
+
 def render(results: dict, plots: dict[str, bool]) -> str:
     """The study's markdown: one row per variant, the alphas, and the peer comparison."""
     lines = [f"# Affinity study ({results['mode']})", "",
              f"Machine: {results['machine']}. Command: `{results['command']}`. Data: {results['data']}.", "",
+             *_budget_line(results),
              ("| variant | params (M) | GMACs @32 | img/s | epochs reached | train min | kNN@20 | random init | "
               "linear | finetune 10% |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results["variants"].items():
@@ -366,9 +409,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=15.0, help="training minutes per variant (CPU; default 15)")
     p.add_argument("--peer-minutes", type=float, default=30.0, help="training minutes of ours and lightly's (default 30)")
     p.add_argument("--no-peer", action="store_true", help="skip the lightly comparison")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="variants trained at once, each pinned to a CPU core of its own (CPU; default 1)")
     p.add_argument("--runs", default="runs/affinity_study")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
+    if args.jobs < 1 or (args.jobs > 1 and args.scale == "gpu"):
+        p.error("--jobs must be at least 1, and 1 with --scale gpu (one GPU trains one variant at a time)")
 
     tmp = Path(tempfile.mkdtemp(prefix="affinity_smoke_")) if args.smoke else None
     if args.smoke:
@@ -383,10 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     study = Study(args, out, runs, data)
     machine = (torch.cuda.get_device_name() if args.scale == "gpu" and torch.cuda.is_available()
                else f"{platform.machine()} CPU, {os.cpu_count()} cores")
+    cores = 1 if args.jobs > 1 else len(os.sched_getaffinity(0))
     study.results.update(mode=study.mode, machine=machine, data=args.data, minutes=args.minutes,
+                         jobs=args.jobs, cpu_cores_per_variant=None if args.scale == "gpu" else cores,
                          command=f"python benchmarks/affinity_study.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    for name in args.models:
-        study.results["variants"][name] = study.variant(name)
+    study.results["variants"] = run_variants(study, args.models, args.jobs)
     if not args.no_peer:
         study.results["peer"] = study.peer()
     report = study.write()

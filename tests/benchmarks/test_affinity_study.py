@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _study():
     spec = importlib.util.spec_from_file_location("affinity_study", REPO / "benchmarks" / "affinity_study.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["affinity_study"] = module  # --jobs pickles its functions by module name for the workers
     spec.loader.exec_module(module)
     return module
 
@@ -77,12 +79,17 @@ def test_smoke_runs_the_whole_pipeline_for_two_variants(cifar10_small, tmp_path)
     study = _study()
     with_peer = importlib.util.find_spec("lightly") is not None
     out = tmp_path / "out"
+    jobs = min(2, len(os.sched_getaffinity(0)))  # two variants at once, a core each, where the machine has two
     argv = ["--smoke", "--data", str(cifar10_small), "--models", "container_light_tiny", "container_pam_tiny",
-            "--out", str(out)] + ([] if with_peer else ["--no-peer"])
+            "--out", str(out), "--jobs", str(jobs)] + ([] if with_peer else ["--no-peer"])
     assert study.main(argv) == 0
 
     results = json.loads((out / "study.json").read_text())
     assert list(results["variants"]) == ["container_light_tiny", "container_pam_tiny"]
+    if jobs == 2:  # each worker was pinned to a core of its own
+        cores = [r["plan"]["cpu_cores"] for r in results["variants"].values()]
+        assert all(len(c) == 1 for c in cores) and cores[0] != cores[1], cores
+        assert results["cpu_cores_per_variant"] == 1 and "2 variants trained at once" in (out / "report.md").read_text()
     for name, r in results["variants"].items():
         s = r["summary.json"]
         assert s["model"] == name and _stopped_as_planned(s, study.SMOKE["steps"])
