@@ -21,6 +21,7 @@ size (32 px) instead of 16 px: same crops and views, more compute per view, paid
     python benchmarks/affinity_study.py                  # full CPU study: 15 min each + 2 x 30 min peer (~2.5 h)
     python benchmarks/affinity_study.py --minutes 10 --peer-minutes 10   # ~1.5 h: the peer reuses our 10-min run
     python benchmarks/affinity_study.py --jobs 2 --no-peer   # ~1.3 h on 2 cores: two variants at once, one core each
+    python benchmarks/affinity_study.py --jobs 2 --no-peer --reuse   # train only what is not done yet
     python benchmarks/affinity_study.py --models container_attn_tiny --no-peer
     python benchmarks/affinity_study.py --smoke          # whole pipeline in seconds per variant, temp folder
     python benchmarks/affinity_study.py --scale gpu      # 200 epochs each, configs/pretrain/cifar10_*_gpu.yaml
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_study as base  # the two-model study's evaluation flags and helpers
@@ -67,6 +69,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "deit_tiny": (QUICK_DEIT, []),
 }
 GPU_CONFIG = "configs/pretrain/cifar10_{name}_gpu.yaml"
+RESULT_FILES = ("summary.json", "eval/knn.json", "eval/linear.json", "eval/finetune_0.1.json", "eval_random/knn.json")
 SMOKE = {"train": 96, "val": 48, "steps": 2}
 CALIBRATION_STEPS = {"cpu": 12, "smoke": 2}
 EVAL = {  # extra flags of knn / linear / finetune per mode
@@ -169,6 +172,10 @@ class Study:
         if self.mode == "smoke":
             common += ["monitor.knn_every=0", "data.num_workers=0", "optim.batch_size_per_gpu=16",
                        "monitor.log_images=false"]
+        if self.args.jobs > 1:
+            # one torch thread per variant: there, bf16 autocast matmuls took PyTorch's reference CPU gemm
+            # (bf16_dot_with_fp32_arith) and DeiT-tiny's 12 calibration steps ran for over 30 min; fp32 for all
+            common.append("optim.amp=none")
         return cfg, [*extra, *common]
 
     def calibrate(self, cfg: str, overrides: list[str], folder: Path) -> float:
@@ -201,7 +208,35 @@ class Study:
         plan["pretrain_s"] = run_cli("pretrain", "--config", cfg, *overrides, f"output_dir={run}", "--no-resume",
                                      log=run / "study.log")
         plan["final_overrides"] = [o for o in overrides if not o.startswith("data.path")]
+        (run / "plan.json").write_text(json.dumps(plan, indent=2))  # what --reuse reads back
         return plan
+
+    def reusable(self, name: str, run: Path) -> dict[str, Any] | None:
+        """The plan of a finished run of ``name`` in ``run`` that this study would train the same way, or None.
+
+        Why: a study takes hours; after a crash or a change to one variant, ``--reuse`` keeps the variants
+        already done. A run counts when every result file is there, its budget equals ``--minutes`` and its
+        saved config differs from this study's only where a resume may differ too (paths, monitors) and in the
+        epochs and subset its calibration fitted.
+        """
+        from container_ssl.config import changed_keys, load_config, to_dict
+
+        if not all((run / rel).is_file() for rel in ("checkpoint.pt", "config.yaml", *RESULT_FILES)):
+            return None
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        cfg, overrides = self.overrides(name)
+        fitted = [f"optim.epochs={saved['optim']['epochs']}", f"data.subset={saved['data']['subset']}"]
+        if self.mode != "gpu":
+            if saved.get("max_minutes") != self.args.minutes:
+                return None
+            overrides = [*overrides, *fitted, f"max_minutes={self.args.minutes}"]
+        if changed_keys(saved, to_dict(load_config(ROOT / cfg, overrides))):
+            return None
+        if (run / "plan.json").is_file():
+            return {**json.loads((run / "plan.json").read_text()), "reused": True}
+        return {"config": cfg, "overrides": [o for o in overrides if not o.startswith("data.path")],
+                "final_overrides": [o for o in overrides if not o.startswith("data.path")],
+                "minutes": saved.get("max_minutes"), "reused": True, "rebuilt_from": "config.yaml"}
 
     def evaluate(self, name: str, run: Path) -> dict[str, Any]:
         flags, log, ckpt = EVAL[self.mode], run / "study.log", str(run / "checkpoint.pt")
@@ -218,10 +253,13 @@ class Study:
 
     def variant(self, name: str) -> dict[str, Any]:
         run = self.runs / name
-        result = {"plan": self.pretrain(name, self.args.minutes, run)}
-        result["times"] = self.evaluate(name, run)
-        for rel in ("summary.json", "eval/knn.json", "eval/linear.json", "eval/finetune_0.1.json",
-                    "eval_random/knn.json"):
+        reused = self.reusable(name, run) if self.args.reuse else None
+        if reused is not None:
+            result: dict[str, Any] = {"plan": reused, "times": None}
+        else:
+            result = {"plan": self.pretrain(name, self.args.minutes, run)}
+            result["times"] = self.evaluate(name, run)
+        for rel in RESULT_FILES:
             src = run / rel
             result[rel] = json.loads(src.read_text())
             dst = self.out / name / rel
@@ -411,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-peer", action="store_true", help="skip the lightly comparison")
     p.add_argument("--jobs", type=int, default=1,
                    help="variants trained at once, each pinned to a CPU core of its own (CPU; default 1)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the variants whose run folder already holds a finished run of this study's recipe "
+                        "and budget (after a crash, or when one variant changed)")
     p.add_argument("--runs", default="runs/affinity_study")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)

@@ -3,6 +3,7 @@ pipeline end to end in its ``--smoke`` mode (two variants, and lightly's peer wh
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import io
 import json
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from container_ssl.checkpoint import save_atomic
+from container_ssl.config import load_config, to_yaml
 from container_ssl.models import create_backbone
 from container_ssl.ssl.run_log import Progress
 
@@ -124,3 +126,47 @@ def test_smoke_runs_the_whole_pipeline_for_two_variants(cifar10_small, tmp_path)
         assert _stopped_as_planned(peer["lightly"], study.SMOKE["steps"])
         assert peer["lightly"]["knn"]["val"]["images"] == study.SMOKE["val"]
         assert f"{peer['knn20_diff_points']:+.2f} kNN@20 points" in report
+
+
+def _bare_study(module, tmp_path, jobs=1, minutes=15.0):
+    """A Study without its data scan: the attributes overrides() and reusable() read."""
+    study = object.__new__(module.Study)
+    study.args = argparse.Namespace(jobs=jobs, minutes=minutes, reuse=True)
+    study.mode, study.data, study.runs = "cpu", "cifar10", tmp_path
+    return study
+
+
+def test_one_thread_per_variant_trains_in_fp32(tmp_path):
+    module = _study()
+    deit = module.VARIANTS["deit_tiny"][0]
+    assert load_config(REPO / deit).optim.amp == "bf16"  # the shipped DeiT recipe, on all cores
+    _, alone = _bare_study(module, tmp_path, jobs=1).overrides("deit_tiny")
+    _, pinned = _bare_study(module, tmp_path, jobs=2).overrides("deit_tiny")
+    assert "optim.amp=none" not in alone
+    assert load_config(REPO / deit, pinned).optim.amp == "none"
+
+
+def test_reuse_keeps_only_a_finished_run_of_the_same_recipe_and_budget(tmp_path):
+    module = _study()
+    study = _bare_study(module, tmp_path)
+    cfg, overrides = study.overrides("container_attn_tiny")
+    run = tmp_path / "container_attn_tiny"
+
+    def write_run(*extra):
+        run.mkdir(exist_ok=True)
+        final = [*overrides, "optim.epochs=2", "data.subset=9000", "max_minutes=15.0", *extra]
+        (run / "config.yaml").write_text(to_yaml(load_config(REPO / cfg, final)))
+        for rel in ("checkpoint.pt", *module.RESULT_FILES):
+            (run / rel).parent.mkdir(parents=True, exist_ok=True)
+            (run / rel).write_text("{}")
+
+    write_run()
+    plan = study.reusable("container_attn_tiny", run)
+    assert plan is not None and plan["reused"] and "data.subset=9000" in plan["final_overrides"]
+    assert load_config(REPO / plan["config"], plan["final_overrides"]).model.name == "container_attn_tiny"
+    assert _bare_study(module, tmp_path, minutes=10.0).reusable("container_attn_tiny", run) is None  # budget
+    write_run("optim.base_lr=0.002")  # another recipe: retrain
+    assert study.reusable("container_attn_tiny", run) is None
+    write_run()
+    (run / "eval" / "linear.json").unlink()  # unfinished: retrain
+    assert study.reusable("container_attn_tiny", run) is None
