@@ -379,11 +379,14 @@ def _plot(results: dict, x_key: str, xlabel: str, out: Path) -> bool:
     ax = fig.add_subplot()
     for name, r in results["variants"].items():
         x = r["gmacs_32px"] if x_key == "gmacs_32px" else r["summary.json"]["train_time_s"] / 60
-        y = top1(r["eval/knn.json"])
-        ax.scatter([x], [y])
+        y, floor = top1(r["eval/knn.json"]), top1(r["eval_random/knn.json"])
+        color = ax.scatter([x], [y]).get_facecolor()[0]
+        # the same network at random init: how much of the figure the pretraining earned
+        ax.scatter([x], [floor], facecolors="none", edgecolors=[color])
+        ax.plot([x, x], [floor, y], color=color, linewidth=0.8, alpha=0.6)
         ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("kNN top-1, k = 20 (%)")
+    ax.set_ylabel("kNN top-1, k = 20 (%); hollow: random init")
     ax.set_title("DINO on CIFAR-10, equal training time per variant")
     ax.grid(alpha=0.3)
     fig.tight_layout()
