@@ -137,39 +137,28 @@ class RunCheckpoint:
                             "checkpoint?")
         return strip_prefixes(backbone)
 
-    def weights(self, key: str) -> dict[str, torch.Tensor]:
-        """The state dict of a file pretraining did not write (``key`` is tried first among the wrappers)."""
-        return unwrap_state_dict(self.raw, key)
-
 
 def read_checkpoint(path: str | os.PathLike) -> RunCheckpoint:
     """Read ``path`` once (``weights_only``, hashed) into a :class:`RunCheckpoint`."""
     path = Path(path)
     raw, sha256 = load_checkpoint_with_sha256(path)
     saved = raw.get("config")
-    config = None
-    if isinstance(saved, Mapping) and isinstance(saved.get("model"), Mapping):
-        config = pretrain_config(saved, path)
-    return RunCheckpoint(path=path, sha256=sha256, raw=raw, config=config)
-
-
-def pretrain_config(saved: Mapping, path: str | os.PathLike) -> DictConfig:
-    """A checkpoint's plain config dict as a typed PretrainConfig (keys it lacks take the defaults).
-
-    Imported here, not at the top: the released-weights loader (imported with the package) needs this
-    module but not OmegaConf.
-    """
+    if not (isinstance(saved, Mapping) and isinstance(saved.get("model"), Mapping)):
+        return RunCheckpoint(path=path, sha256=sha256, raw=raw, config=None)
+    # imported here, not at the top: the released-weights loader (imported with the package) needs this
+    # module but not OmegaConf
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from .config import PretrainConfig
 
-    try:
-        return OmegaConf.merge(OmegaConf.structured(PretrainConfig), dict(saved))
+    try:  # keys the saved config lacks take the defaults
+        config = OmegaConf.merge(OmegaConf.structured(PretrainConfig), dict(saved))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise UserError(f"checkpoint {path}: its config does not fit this version's schema at '{key}' "
                         f"({str(e).splitlines()[0]}); use the container-ssl version that wrote it") from None
+    return RunCheckpoint(path=path, sha256=sha256, raw=raw, config=config)
 
 
 # ------------------------------------------------------------------------- state dicts and loading
@@ -177,12 +166,8 @@ def strip_prefixes(state_dict: Mapping, prefixes: tuple[str, ...] = PREFIXES) ->
     """Remove wrapper prefixes (DDP ``module.``, DINO ``backbone.``, torch.compile ``_orig_mod.``) repeatedly."""
     out = {}
     for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in prefixes:
-                if key.startswith(p):
-                    key, changed = key[len(p):], True
+        while prefix := next((p for p in prefixes if key.startswith(p)), None):
+            key = key[len(prefix):]
         out[key] = value
     return out
 
