@@ -35,7 +35,6 @@ __all__ = ["ONNX_NAME", "ONNX_TOLERANCE", "check_onnx", "export_backbone", "expo
 
 ONNX_NAME = "model.onnx"
 ONNX_TOLERANCE = 1e-4  # max abs difference to PyTorch before an ONNX file is refused
-_INSTALL_HINT = "install the export extra: pip install 'container-ssl[export]' (onnx, onnxruntime)"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -93,11 +92,9 @@ def export_backbone(net: nn.Module, out: str | os.PathLike, img_size: int, mean:
         if onnx:
             export_onnx(net, tmp / ONNX_NAME, img_size, opset=opset)
             names.append(ONNX_NAME)
-        written = []
         for name in names:
             os.replace(tmp / name, out / name)
-            written.append(out / name)
-        return written
+        return [out / name for name in names]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -143,11 +140,8 @@ def check_onnx(net: nn.Module, path: str | os.PathLike, img_size: int) -> float:
 
 
 def _drop_num_classes_arg(path: Path) -> None:
-    """Keep ``num_classes`` out of ``model_args`` (it stays at the top level).
-
-    Why: the documented call ``timm.create_model(arch, ..., num_classes=0, **model_args)`` would otherwise
-    pass it twice.
-    """
+    """Keep ``num_classes`` out of ``model_args`` (it stays at the top level): the documented call
+    ``timm.create_model(arch, ..., num_classes=0, **model_args)`` would otherwise pass it twice."""
     cfg = json.loads(path.read_text())
     cfg.get("model_args", {}).pop("num_classes", None)
     path.write_text(json.dumps(cfg, indent=2) + "\n")
@@ -162,5 +156,5 @@ def _require_onnx() -> None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as e:
-        raise UserError(f"--onnx needs the '{e.name}' package; {_INSTALL_HINT}") from None
-
+        raise UserError(f"--onnx needs the '{e.name}' package; install the export extra: "
+                        "pip install 'container-ssl[export]' (onnx, onnxruntime)") from None
