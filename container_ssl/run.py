@@ -112,19 +112,18 @@ class RunCheckpoint:
 
     def network(self, key: str) -> dict[str, torch.Tensor]:
         """The ``teacher``/``student`` state dict of a pretraining checkpoint, checked to be one."""
-        path = self.path
         if key not in self.raw:
             have = [k for k in NETWORKS if isinstance(self.raw.get(k), Mapping)]
-            raise UserError(f"checkpoint {path} has no '{key}' weights (it has: {', '.join(have) or 'none'}); "
+            raise UserError(f"checkpoint {self.path} has no '{key}' weights (it has: {', '.join(have) or 'none'}); "
                             "use --checkpoint-key teacher or student")
         entry = self.raw[key]
         if not isinstance(entry, Mapping):
-            raise UserError(f"checkpoint {path}: '{key}' is a {type(entry).__name__}, not a state dict "
+            raise UserError(f"checkpoint {self.path}: '{key}' is a {type(entry).__name__}, not a state dict "
                             "(parameter name -> tensor); the file was not written by container-ssl pretrain")
         odd = [f"{k} ({type(v).__name__})" for k, v in entry.items()
                if not isinstance(k, str) or not torch.is_tensor(v)]
         if odd:
-            raise UserError(f"checkpoint {path}: '{key}' is not a state dict: {len(odd)} entries are not tensors "
+            raise UserError(f"checkpoint {self.path}: '{key}' is not a state dict: {len(odd)} entries are not tensors "
                             f"({_names(odd)}); the file was not written by container-ssl pretrain")
         return dict(entry)
 
