@@ -54,7 +54,7 @@ from .loader import (
 from .monitor import Monitors
 from .optim import build_optimizer, set_lr_wd
 from .run_log import Progress, RunLog, check_output_dir
-from .schedules import Schedules
+from .schedules import Schedules, due
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class DinoTrainer:
         if info.is_main:
             (out / CONFIG).write_text(to_yaml(cfg))
         self.run_log = RunLog(out, self.start_iteration, self.total_iters, self.epochs, info.is_main)
-        self.monitors = Monitors(cfg, info, self.epochs, self.run_log.write, self.run_log.tb)
+        self.monitors = Monitors(cfg, info, self.epochs, self.run_log)
 
     # ------------------------------------------------------------------------------------------ loop
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
@@ -179,9 +179,7 @@ class DinoTrainer:
                                         "epoch_time_s": dt, "skipped_images": self.stats["skipped_images"],
                                         "nan_steps_skipped": self.stats["nan_steps_skipped"]})
                     self.monitors.after_epoch(self.dino.teacher.backbone, epoch, it - 1)
-                    every = cfg.checkpoint_every_epochs  # periodic checkpoint_XXXX.pt, and always after the last
-                    self.save(epoch + 1, 0, periodic=bool(every) and ((epoch + 1) % every == 0
-                                                                      or epoch + 1 == self.epochs))
+                    self.save(epoch + 1, 0, periodic=due(cfg.checkpoint_every_epochs, epoch, self.epochs))
             if not interrupted and it > self.start_iteration:
                 health.check_learned(it, it - self.start_iteration, trained, self.stats["skipped_images"],
                                      self.stats["nan_steps_skipped"])
