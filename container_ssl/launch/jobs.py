@@ -86,8 +86,7 @@ def limit_threads() -> None:
     """One intra-op thread pool per task sized to its CPUs, so tasks sharing a node do not oversubscribe."""
     if os.environ.get("OMP_NUM_THREADS"):
         return
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus:
+    if cpus := os.environ.get("SLURM_CPUS_PER_TASK"):
         torch.set_num_threads(max(1, int(cpus)))
     elif os.environ.get("SUBMITIT_EXECUTOR") == "local":
         tasks = int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1"))

@@ -150,11 +150,7 @@ def run(args: argparse.Namespace) -> int:
         command_parser(args.submit_command).print_help()
         return 0
     p = plan(args)
-    if p.dry_run:
-        print(render(p))
-        return 0
-    job = launch(p)
-    print(submitted_message(p, job))
+    print(render(p) if p.dry_run else submitted_message(p, launch(p)))
     return 0
 
 
@@ -363,9 +359,7 @@ def _local_gpus() -> int:
 
 def slurm_partitions() -> list[tuple[str, bool]] | None:
     """``(name, is_default)`` for each partition from ``sinfo``; None when sinfo is missing or fails."""
-    if not shutil.which("sinfo"):
-        return None
-    try:
+    try:  # no sinfo on PATH is an OSError too
         out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30, check=True)
     except (subprocess.SubprocessError, OSError):
         return None
