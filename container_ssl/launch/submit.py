@@ -230,7 +230,7 @@ def plan(args: argparse.Namespace) -> Plan:
         if cluster == "local" and target.device == "auto":
             gpus = min(1, _local_gpus())
     tasks = opts.tasks_per_node or (gpus if command == "pretrain" and gpus > 0 else 1)
-    timeout_min, delay, notes = opts.timeout_min, opts.signal_delay_s, list(target.notes)
+    timeout_min, delay, notes = opts.timeout_min, opts.signal_delay_s, target.notes
 
     _check_resources(command, target.device, cluster, opts.nodes, gpus, tasks)
     if delay >= timeout_min * 60:
