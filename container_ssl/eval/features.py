@@ -68,7 +68,8 @@ def feature_kind(n_last_blocks: int = 0, avgpool: bool = False) -> str:
     return f"last{n_last_blocks}" + ("avg" if avgpool else "")
 
 
-def feature_fn(model: nn.Module, n_last_blocks: int = 0, avgpool: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def feature_fn(model: nn.Module, n_last_blocks: int = 0,
+               avgpool: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function images -> features ``[B, D]`` implementing the choice described in the module docstring."""
     if n_last_blocks <= 0:
         return model

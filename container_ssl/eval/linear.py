@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from ..argtypes import float_range
+from ..argtypes import float_range, int_range
 from ..checkpoint import save_atomic
 from ..errors import UserError
 from ..run import LINEAR_REPORT
@@ -47,17 +47,7 @@ from .features import (
     make_loader,
 )
 from .finite import require_finite_features
-from .options import (
-    EvalContext,
-    add_checkpoint_args,
-    add_data_args,
-    add_feature_cache_args,
-    add_runtime_args,
-    fraction,
-    non_negative_int,
-    positive_float,
-    positive_int,
-)
+from .options import EvalContext, add_checkpoint_args, add_data_args, add_feature_cache_args, add_runtime_args
 from .probe import (
     LinearProbe,
     choose,
@@ -77,13 +67,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_args(parser)
     add_data_args(parser)
     g = parser.add_argument_group("linear probe")
-    g.add_argument("--epochs", type=positive_int, default=100, help="default 100")
-    g.add_argument("--lr", type=positive_float, default=0.001,
+    g.add_argument("--epochs", type=int_range(1), default=100, help="default 100")
+    g.add_argument("--lr", type=float_range(0, lo_open=True), default=0.001,
                    help="base learning rate, scaled by batch_size/256 (default 0.001)")
-    g.add_argument("--lrs", type=positive_float, nargs="+", default=None, metavar="LR",
+    g.add_argument("--lrs", type=float_range(0, lo_open=True), nargs="+", default=None, metavar="LR",
                    help="several base learning rates: one head each, trained in the same pass; the best is "
                         "reported (overrides --lr), e.g. --lrs 0.0001 0.001 0.01 0.1")
-    g.add_argument("--n-last-blocks", type=non_negative_int, default=None,
+    g.add_argument("--n-last-blocks", type=int_range(0), default=None,
                    help="concatenate features of the last N blocks (DeiT: CLS tokens, default 4) or stages "
                         "(Container: pooled maps, default 2 = stages 3+4); 0 = the pooled output")
     g.add_argument("--avgpool", action="store_true",
@@ -91,17 +81,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cached-features", action="store_true",
                    help="extract features once (no augmentation) and train on them: orders of magnitude "
                         "faster on a CPU than the default augmented mode")
-    g.add_argument("--crop-scale", type=fraction, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"),
-                   help="RandomResizedCrop scale of the augmented mode (default 0.08 1.0)")
+    g.add_argument("--crop-scale", type=float_range(0, 1, lo_open=True), nargs=2, default=(0.08, 1.0),
+                   metavar=("LO", "HI"), help="RandomResizedCrop scale of the augmented mode (default 0.08 1.0)")
     g.add_argument("--selection", default="holdout", choices=("holdout", "val"),
                    help="where the lr and epoch are chosen: holdout (default) = on a class-balanced, seeded "
                         "part of the train split, then retrained on all of train and val evaluated once; "
                         "val = DINO's reporting, the best val top-1 (selected on the reported split)")
     g.add_argument("--holdout-fraction", type=float_range(0, 1, lo_open=True, hi_open=True), default=0.1,
                    help="share of each class's train images held out for the choice (default 0.1)")
-    g.add_argument("--val-freq", type=positive_int, default=1,
+    g.add_argument("--val-freq", type=int_range(1), default=1,
                    help="evaluate (the held-out part, or val with --selection val) every N epochs (default 1)")
-    g.add_argument("--seed", type=non_negative_int, default=0, help="seed of head init, data order and the held-out split (default 0)")
+    g.add_argument("--seed", type=int_range(0), default=0,
+                   help="seed of head init, data order and the held-out split (default 0)")
     add_feature_cache_args(parser)
     add_runtime_args(parser, batch_size=256)
 

@@ -42,23 +42,8 @@ __all__ = [
     "add_data_args",
     "add_feature_cache_args",
     "add_runtime_args",
-    "fraction",
-    "non_negative_float",
-    "non_negative_int",
-    "positive_float",
-    "positive_int",
-    "probability",
-    "resolve_device",
     "write_json",
 ]
-
-
-positive_int = int_range(lo=1)
-non_negative_int = int_range(lo=0)
-positive_float = float_range(lo=0, lo_open=True)
-non_negative_float = float_range(lo=0)
-fraction = float_range(lo=0, hi=1, lo_open=True)  # (0, 1]
-probability = float_range(lo=0, hi=1)  # [0, 1]
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) -> argparse._ArgumentGroup:
@@ -71,7 +56,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) 
                    help="which network of a pretraining checkpoint to evaluate (default: teacher, as DINO)")
     g.add_argument("--model", default=None, metavar="NAME",
                    help="architecture; default: the checkpoint's config.model.name")
-    g.add_argument("--patch-size", type=positive_int, default=None,
+    g.add_argument("--patch-size", type=int_range(1), default=None,
                    help="DeiT patch size / Container stem stride; default: the checkpoint's config")
     return g
 
@@ -85,16 +70,16 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--val-split", default=None, help="default: config.data.val_split or 'val'")
     g.add_argument("--data-cache-dir", default=None, metavar="DIR",
                    help="where archives are extracted; default: config.data.cache_dir or ~/.cache/container-ssl")
-    g.add_argument("--img-size", type=positive_int, default=None,
+    g.add_argument("--img-size", type=int_range(1), default=None,
                    help="evaluation image size; default: the pretraining global crop size")
-    g.add_argument("--crop-ratio", type=fraction, default=None,
+    g.add_argument("--crop-ratio", type=float_range(0, 1, lo_open=True), default=None,
                    help="resize to img_size/crop_ratio then centre-crop (default 0.875, or 1.0 at <= 64 px)")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 256) -> None:
     g = parser.add_argument_group("runtime")
-    g.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"default {batch_size}")
-    g.add_argument("--num-workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
+    g.add_argument("--batch-size", type=int_range(1), default=batch_size, help=f"default {batch_size}")
+    g.add_argument("--num-workers", type=int_range(0), default=min(4, os.cpu_count() or 1),
                    help="data-loading processes (default: min(4, CPU cores); 0 = in-process)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
@@ -154,8 +139,10 @@ class EvalContext:
             model, info = scratch_backbone(ckpt, *shape, drop_path_rate=drop_path_rate)
         data = resolve_data(args, info)
         out = resolve_output_dir(args, args.checkpoint)
-        cache = resolve_feature_cache(args, out) if hasattr(args, "feature_cache") else ""
-        return cls(args=args, model=model, info=info, data=data, output_dir=out, device=resolve_device(args.device),
+        cache = ""
+        if hasattr(args, "feature_cache") and not getattr(args, "no_feature_cache", False):
+            cache = str(args.feature_cache or out / "feature_cache")
+        return cls(args=args, model=model, info=info, data=data, output_dir=out, device=pick_device(args.device),
                    feature_cache=cache, started=started)
 
     @property
@@ -231,17 +218,6 @@ def resolve_output_dir(args: argparse.Namespace, checkpoint: str | None) -> Path
     except OSError as e:
         raise UserError(f"cannot create output dir {out}: {e.strerror or e}") from None
     return out
-
-
-def resolve_feature_cache(args: argparse.Namespace, output_dir: Path) -> str:
-    """``--feature-cache DIR``, ``''`` with ``--no-feature-cache``, else ``<output-dir>/feature_cache``."""
-    if getattr(args, "no_feature_cache", False):
-        return ""
-    return str(getattr(args, "feature_cache", None) or output_dir / "feature_cache")
-
-
-def resolve_device(name: str) -> torch.device:
-    return pick_device(name)
 
 
 def write_json(path: Path, obj: Any) -> Path:
