@@ -32,7 +32,6 @@ from tqdm import tqdm
 from ..checkpoint import load_checkpoint, save_atomic
 from ..data import skip_bad_collate
 from ..errors import UserError
-from .backbone import load_backbone
 from .feature_key import dataset_fingerprint
 
 log = logging.getLogger(__name__)
@@ -40,13 +39,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "autocast",
     "cached_features",
-    "dataset_fingerprint",
     "default_n_last_blocks",
     "extract_features",
     "feature_fn",
     "feature_kind",
     "is_token_model",
-    "load_backbone",
     "make_loader",
 ]
 

@@ -97,9 +97,6 @@ class LinearProbe:
         self.optimizer.step()
         return [float(loss.detach()) for loss in losses]
 
-    def end_epoch(self) -> None:
-        self.scheduler.step()
-
     @torch.no_grad()
     def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[TopK]:
         self.heads.eval()
@@ -136,7 +133,7 @@ def train_epoch(probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, torch.
         for i, loss in enumerate(probe.train_step(features, labels)):
             sums[i] += loss
         steps += 1
-    probe.end_epoch()
+    probe.scheduler.step()
     if steps == 0:
         raise UserError("the linear probe got no training batch; is the train split empty?")
     return [s / steps for s in sums]
