@@ -103,8 +103,7 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bo
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       collate_fn=skip_bad_collate, drop_last=drop_last, generator=generator,
-                      pin_memory=device is not None and device.type == "cuda",
-                      persistent_workers=False)
+                      pin_memory=device is not None and device.type == "cuda")
 
 
 @torch.no_grad()

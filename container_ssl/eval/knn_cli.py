@@ -8,15 +8,11 @@ by the pretraining loop's online monitor; this module only turns flags into data
 from __future__ import annotations
 
 import argparse
-import logging
 
 from ..argtypes import float_range, int_range
 from ..run import KNN_REPORT
 from .knn import DEFAULT_KS, DEFAULT_TEMPERATURE, knn_classify, resolve_backend
 from .options import EvalContext, add_checkpoint_args, add_data_args, add_feature_cache_args, add_runtime_args
-
-log = logging.getLogger(__name__)
-
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Weighted k-NN classification (DINO protocol: cosine similarity, weights exp(sim/T)) "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +66,7 @@ class HeadRecord:
     final_top5: float | None = None
 
     def as_dict(self) -> dict:
-        return {"base_lr": self.base_lr, "lr": self.lr, "best_top1": self.best_top1, "best_top5": self.best_top5,
-                "best_epoch": self.best_epoch, "final_top1": self.final_top1, "final_top5": self.final_top5}
+        return asdict(self)
 
 
 class LinearProbe:
@@ -202,12 +201,7 @@ def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
     probe = LinearProbe(train_features.shape[1], num_classes, base_lrs, batch_size, epochs, device)
     train_features, train_labels = train_features.to(probe.device), train_labels.to(probe.device)
     generator = torch.Generator().manual_seed(seed)
-
-    def train_batches(epoch: int):
-        return feature_batches(train_features, train_labels, batch_size, generator)
-
-    def val_batches():
-        return feature_batches(val_features, val_labels, max(batch_size, 1024))
-
-    records = fit_probe(probe, train_batches, val_batches, epochs, val_freq, on_epoch)
+    records = fit_probe(probe, lambda epoch: feature_batches(train_features, train_labels, batch_size, generator),
+                        lambda: feature_batches(val_features, val_labels, max(batch_size, 1024)),
+                        epochs, val_freq, on_epoch)
     return probe, records
