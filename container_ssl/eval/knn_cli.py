@@ -12,7 +12,7 @@ import argparse
 from ..argtypes import float_range, int_range
 from ..run import KNN_REPORT
 from .knn import DEFAULT_KS, DEFAULT_TEMPERATURE, knn_classify, resolve_backend
-from .options import EvalContext, add_checkpoint_args, add_data_args, add_feature_cache_args, add_runtime_args
+from .options import EvalContext, add_checkpoint_args, add_data_args, add_runtime_args
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Weighted k-NN classification (DINO protocol: cosine similarity, weights exp(sim/T)) "
@@ -30,8 +30,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         "both give identical results")
     g.add_argument("--chunk-size", type=int_range(1), default=None,
                    help="queries per similarity block of the torch back-end (default: sized to ~512 MiB)")
-    add_feature_cache_args(parser)
-    add_runtime_args(parser)
+    add_runtime_args(parser, feature_cache=True)
 
 
 def run(args: argparse.Namespace) -> int:

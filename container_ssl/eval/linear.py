@@ -47,7 +47,7 @@ from .features import (
     make_loader,
 )
 from .finite import require_finite_features
-from .options import EvalContext, add_checkpoint_args, add_data_args, add_feature_cache_args, add_runtime_args
+from .options import EvalContext, add_checkpoint_args, add_data_args, add_runtime_args
 from .probe import (
     LinearProbe,
     choose,
@@ -93,8 +93,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                    help="evaluate (the held-out part, or val with --selection val) every N epochs (default 1)")
     g.add_argument("--seed", type=int_range(0), default=0,
                    help="seed of head init, data order and the held-out split (default 0)")
-    add_feature_cache_args(parser)
-    add_runtime_args(parser, batch_size=256)
+    add_runtime_args(parser, feature_cache=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,12 +2,10 @@
 ``finetune``.
 
 Why: the three commands must read a checkpoint, find the data and pick the device the same way, so a
-user learns the flags once and each command's module holds its protocol only. :meth:`EvalContext.from_args`
-turns the parsed options into the backbone (the checkpoint is read once), the data and its transforms, the
-device, the output folder and the seeds. Anything not given on the command line comes from the run's
-PretrainConfig (data path and splits, image size, normalisation), so ``container-ssl knn --checkpoint
-runs/x/checkpoint.pt`` evaluates on the data the run was trained on. Results go next to the checkpoint
-(``<run>/eval``, :func:`container_ssl.run.eval_dir`), where ``container-ssl report`` looks for them.
+user learns the flags once and each command's module holds its protocol only. Anything not given on the
+command line comes from the run's PretrainConfig (data path and splits, image size, normalisation), so
+``container-ssl knn --checkpoint runs/x/checkpoint.pt`` evaluates on the data the run was trained on.
+Results go next to the checkpoint (``<run>/eval``), where ``container-ssl report`` looks for them.
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ __all__ = [
     "EvalContext",
     "add_checkpoint_args",
     "add_data_args",
-    "add_feature_cache_args",
     "add_runtime_args",
     "write_json",
 ]
@@ -76,7 +73,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="resize to img_size/crop_ratio then centre-crop (default 0.875, or 1.0 at <= 64 px)")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 256) -> None:
+def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 256, feature_cache: bool = False) -> None:
+    """The ``runtime`` options, after the ``feature cache`` ones of the frozen evaluators (knn, linear)."""
+    if feature_cache:
+        g = parser.add_argument_group("feature cache")
+        g.add_argument("--feature-cache", default=None, metavar="DIR",
+                       help="folder of cached features, shared by knn and linear (default: <output-dir>/feature_cache)")
+        g.add_argument("--no-feature-cache", action="store_true", help="always recompute features")
     g = parser.add_argument_group("runtime")
     g.add_argument("--batch-size", type=int_range(1), default=batch_size, help=f"default {batch_size}")
     g.add_argument("--num-workers", type=int_range(0), default=min(4, os.cpu_count() or 1),
@@ -84,13 +87,6 @@ def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 256) -> 
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     g.add_argument("--output-dir", default=None, metavar="DIR", help="default: <checkpoint's folder>/eval")
-
-
-def add_feature_cache_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("feature cache")
-    g.add_argument("--feature-cache", default=None, metavar="DIR",
-                   help="folder of cached features, shared by knn and linear (default: <output-dir>/feature_cache)")
-    g.add_argument("--no-feature-cache", action="store_true", help="always recompute features")
 
 
 @dataclass
@@ -159,15 +155,13 @@ class EvalContext:
         return {"checkpoint": i["checkpoint"], "checkpoint_sha256": i["sha256"],
                 "checkpoint_key": i["checkpoint_key"], "model": i["model"]}
 
-    def eval_transform(self) -> Any:
-        return eval_transform(self.data.img_size, self.data.mean, self.data.std, self.args.crop_ratio)
-
     def split(self, which: str, transform: Any = None) -> Any:
         """The ``train`` or ``val`` split's dataset (the centre-crop evaluation transform by default)."""
         d = self.data
-        return build_dataset(d.path, d.train_split if which == "train" else d.val_split,
-                             transform=self.eval_transform() if transform is None else transform, cache_dir=d.cache_dir,
-                             on_bad_image=d.on_bad_image)
+        if transform is None:
+            transform = eval_transform(d.img_size, d.mean, d.std, self.args.crop_ratio)
+        return build_dataset(d.path, d.train_split if which == "train" else d.val_split, transform=transform,
+                             cache_dir=d.cache_dir, on_bad_image=d.on_bad_image)
 
     def splits(self, train_transform: Any = None) -> tuple[Any, Any]:
         """Train and val datasets, refused when they do not list the same classes."""
