@@ -25,9 +25,10 @@ import torch
 from timm.models import save_for_hf
 from torch import nn
 
+from .argtypes import int_range
 from .errors import UserError
 from .eval.backbone import load_backbone, preprocessing
-from .eval.options import add_checkpoint_args, positive_int
+from .eval.options import add_checkpoint_args
 from .eval.transforms import IMAGENET_MEAN, IMAGENET_STD, default_crop_ratio
 from .pretrained import CONFIG_NAME, WEIGHTS_NAME, load_pretrained
 
@@ -43,9 +44,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_args(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (checked with onnxruntime)")
-    parser.add_argument("--img-size", type=positive_int, default=None,
+    parser.add_argument("--img-size", type=int_range(1), default=None,
                         help="input size recorded in the config and used by ONNX; default: the run's global crop size")
-    parser.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--opset", type=int_range(1), default=18, help="ONNX opset (default 18)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..argtypes import int_range
+from ..distributed import pick_device
 from ..errors import UserError
 from ..models.affinity_probe import (
     attention_entropy,
@@ -39,7 +41,7 @@ from ..models.affinity_probe import (
     static_kernels,
 )
 from .backbone import load_backbone, preprocessing
-from .options import add_checkpoint_args, positive_int, resolve_device, write_json
+from .options import add_checkpoint_args, write_json
 
 __all__ = ["dino_mask", "load_image", "query_index", "visualize"]
 
@@ -51,13 +53,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_args(parser)
     parser.add_argument("--images", nargs="+", required=True, metavar="IMG", help="image files (PNG, JPEG ...)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--img-size", type=positive_int, default=None,
+    parser.add_argument("--img-size", type=int_range(1), default=None,
                         help="images are resized to this square size; default: the run's global crop size")
     parser.add_argument("--query", nargs="+", default=["0.5,0.5"], metavar="ROW,COL",
                         help="Container query points as fractions of the height and width (default: the centre)")
     parser.add_argument("--threshold", type=float, default=None, metavar="MASS",
                         help="DeiT: also draw DINO's mask keeping the top MASS of the CLS attention (e.g. 0.6)")
-    parser.add_argument("--samples", type=positive_int, default=8, help="kernel channels shown per stage")
+    parser.add_argument("--samples", type=int_range(1), default=8, help="kernel channels shown per stage")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="default: cuda when available")
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     net, info = load_backbone(args.checkpoint, args.checkpoint_key, args.model, patch_size=args.patch_size)
     img_size, mean, std = preprocessing(info, args.img_size)
     summary = visualize(net, [Path(p) for p in args.images], Path(args.out), img_size, mean, std, queries,
-                        threshold=args.threshold, samples=args.samples, device=resolve_device(args.device))
+                        threshold=args.threshold, samples=args.samples, device=pick_device(args.device))
     summary.update({"checkpoint": info["checkpoint"], "checkpoint_key": info["checkpoint_key"],
                     "model": info["model"]})
     path = write_json(Path(args.out) / "affinity.json", summary)
