@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "EVAL_DIR", "FINETUNE_PREFIX", "KNN_REPORT", "LINEAR_REPORT", "METRICS", "NETWORKS",
-    "SUMMARY", "Mismatch", "RunCheckpoint", "RunLayout", "compare_state", "eval_dir", "load_strict",
+    "SUMMARY", "Mismatch", "RunCheckpoint", "compare_state", "eval_dir", "load_strict",
     "read_checkpoint", "strip_prefixes", "unwrap_state_dict",
 ]
 
@@ -53,36 +53,6 @@ NETWORKS = ("teacher", "student")  # the two MultiCropWrapper state dicts of a p
 WRAPPER_KEYS = ("model", "state_dict", "model_ema")  # where released / timm files keep their state dict
 PREFIXES = ("module.", "backbone.", "_orig_mod.")  # DDP, DINO's MultiCropWrapper, torch.compile
 _SHOW = 4  # names shown per kind of mismatch
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """The files of one run folder."""
-
-    root: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / CHECKPOINT
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG
-
-    @property
-    def summary(self) -> Path:
-        return self.root / SUMMARY
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / EVAL_DIR
-
-    def finetune_reports(self) -> list[Path]:
-        return sorted(self.eval_dir.glob(f"{FINETUNE_PREFIX}*.json"))
 
 
 def eval_dir(checkpoint: str | os.PathLike) -> Path:
