@@ -17,16 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig
 
 from ..checkpoint import load_checkpoint, remove_stale_temps, save_atomic
@@ -55,6 +52,7 @@ from .monitor import Monitors
 from .optim import build_optimizer, set_lr_wd
 from .run_log import Progress, RunLog, check_output_dir
 from .schedules import Schedules, due
+from .state import gather_rng_states, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -326,39 +324,3 @@ class DinoTrainer:
         if self.info.is_main:
             (self.out / SUMMARY).write_text(json.dumps(out, indent=2))
         return out
-
-
-# ---------------------------------------------------------------------------------------- RNG state
-# Why every rank's state: stochastic depth and the batched GPU augmentation draw from torch's global RNG in the
-# training process, so a resume that restores it draws exactly what the uninterrupted run would have (worker-side
-# augmentation is seeded per sample, :mod:`.sampling`). Tensors and plain containers: ``weights_only=True`` loads.
-def gather_rng_states() -> list[dict[str, Any]]:
-    """Every rank's torch, numpy, python (and CUDA) RNG state, in rank order (one outside distributed runs)."""
-    np_state = np.random.get_state()
-    mine = {
-        "torch": torch.get_rng_state(),
-        "numpy": (np_state[0], torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        mine["cuda"] = torch.cuda.get_rng_state_all()
-    if not (dist.is_available() and dist.is_initialized()):
-        return [mine]
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, mine)
-    return states
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore one rank's entry of :func:`gather_rng_states`."""
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(_as_tuples(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuples(x: Any) -> Any:
-    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
