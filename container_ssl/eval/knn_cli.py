@@ -14,6 +14,7 @@ from ..run import KNN_REPORT
 from .knn import DEFAULT_KS, DEFAULT_TEMPERATURE, knn_classify, resolve_backend
 from .options import EvalContext, add_checkpoint_args, add_data_args, add_runtime_args
 
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Weighted k-NN classification (DINO protocol: cosine similarity, weights exp(sim/T)) "
                           "of frozen features of the train split, evaluated on the val split. Writes "

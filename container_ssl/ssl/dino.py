@@ -199,7 +199,6 @@ class DINO:
         return bool(flag.item() == 1.0)
 
 
-
 def _unwrap_name(name: str) -> str:
     """Strip DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) prefixes so both sides match by name."""
     while name.startswith(("module.", "_orig_mod.")):
