@@ -33,7 +33,7 @@ from torch.utils.flop_counter import conv_flop_count, flop_registry
 
 from container_ssl.models import DINOHead
 from container_ssl.models.factory import backbone_names, create_backbone
-from container_ssl.ssl.multicrop import MultiCropWrapper
+from container_ssl.ssl.dino import MultiCropWrapper
 
 PRESETS = {  # global size, local size, local crops, DeiT patch / Container stem stride
     "imagenet": {"global_size": 224, "local_size": 96, "n_local": 8, "patch": {"deit": 16, "container": 4}},

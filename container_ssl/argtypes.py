@@ -58,8 +58,6 @@ def _describe(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool, 
     if lo is not None and hi is not None:
         return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
     if lo is not None:
-        if lo == 0:
-            return f"{what} > 0" if lo_open else f"{what} >= 0"
         return f"{what} {'>' if lo_open else '>='} {lo:g}"
     if hi is not None:
         return f"{what} {'<' if hi_open else '<='} {hi:g}"

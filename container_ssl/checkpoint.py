@@ -7,6 +7,7 @@ Why: a pretraining run costs days; a crash or a kill during a save must never le
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -53,11 +54,9 @@ def remove_stale_temps(folder: str | os.PathLike, name: str = "*.pt") -> list[Pa
     Why: a kill during :func:`save_atomic` leaves its temp file (as large as a checkpoint) behind; a run
     owns its output folder, so the next start of that run removes them before writing its own.
     """
-    removed = []
-    for tmp in Path(folder).glob(f".{name}.*.tmp"):
-        if tmp.is_file():
-            _remove_quietly(str(tmp))
-            removed.append(tmp)
+    removed = [tmp for tmp in Path(folder).glob(f".{name}.*.tmp") if tmp.is_file()]
+    for tmp in removed:
+        _remove_quietly(str(tmp))
     return removed
 
 
@@ -68,9 +67,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     real torch checkpoint whose pickle names objects outside the allowed set. A file that is not a torch
     checkpoint at all (random bytes, text, an image), or one cut short by a crash or a copy, is told so.
     """
-    path = _existing(path)
-    kind = _container_kind(path)
-    return _unpickle(path, kind, path, map_location)
+    return _load(path, map_location, whole=False)[0]
 
 
 def load_checkpoint_with_sha256(path: str | os.PathLike, map_location: str | torch.device = "cpu"
@@ -81,108 +78,66 @@ def load_checkpoint_with_sha256(path: str | os.PathLike, map_location: str | tor
     hashing the bytes that are unpickled, rather than reopening the file, reads a large checkpoint once
     and hashes exactly what was loaded.
     """
-    path = _existing(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
-    kind = _kind_of(data[:4])
-    if kind is None:
-        raise UserError(_not_torch(path))
-    return _unpickle(path, kind, io.BytesIO(data), map_location), hashlib.sha256(data).hexdigest()
+    obj, data = _load(path, map_location, whole=True)
+    return obj, hashlib.sha256(data).hexdigest()
 
 
-def _existing(path: str | os.PathLike) -> Path:
+def _load(path: str | os.PathLike, map_location: str | torch.device, whole: bool) -> tuple[dict, bytes]:
+    """Unpickle ``path`` (from the bytes read when ``whole``, else from the file); returns the bytes read.
+
+    Only a torch.save zip archive (since torch 1.6) or a legacy torch pickle (protocol >= 2) is unpickled.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty (0 bytes); use the previous checkpoint or re-save it")
-    return path
-
-
-def _unpickle(path: Path, kind: str, source: Any, map_location: str | torch.device) -> dict:
-    try:
-        obj = torch.load(source, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if _names_disallowed_global(str(e)):
-            raise UserError(f"refused to load {path}: it holds objects other than tensors and plain containers, "
-                            f"which could run code ({_disallowed_detail(str(e))}); only load checkpoints you "
-                            "trust, re-saved as plain state_dicts") from None
-        raise UserError(_damaged(path, kind, e)) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError,
-            UnicodeDecodeError, AttributeError, TypeError) as e:
-        raise UserError(_damaged(path, kind, e)) from None
-    if not isinstance(obj, dict):
-        raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
-    return obj
-
-
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTO = 0x80  # first byte of a pickle of protocol >= 2, as the legacy torch.save format starts
-
-
-def _container_kind(path: Path) -> str:
-    """``zip`` (torch.save's format since 1.6) or ``legacy`` (a pickle stream); anything else is refused."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            data = f.read() if whole else f.read(4)
     except OSError as e:
         raise UserError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
-    kind = _kind_of(head)
-    if kind is None:
-        raise UserError(_not_torch(path))
-    return kind
+    if data.startswith(b"PK\x03\x04"):
+        kind = "zip archive"
+    elif data.startswith(b"\x80"):
+        kind = "legacy pickle"
+    else:
+        raise UserError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy torch "
+                        "pickle); pass the .pt/.pth file that torch.save wrote")
+    try:
+        obj = torch.load(io.BytesIO(data) if whole else path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError,
+            KeyError, UnicodeDecodeError, AttributeError, TypeError) as e:
+        unsafe = _disallowed_global(str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if unsafe is not None:
+            raise UserError(f"refused to load {path}: it holds objects other than tensors and plain containers, "
+                            f"which could run code ({unsafe}); only load checkpoints you trust, re-saved as plain "
+                            "state_dicts") from None
+        raise UserError(f"checkpoint {path} is unreadable or truncated (a damaged torch.save {kind}: "
+                        f"{type(e).__name__}); use the previous checkpoint or re-save it") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
+    return obj, data
 
 
-def _kind_of(head: bytes) -> str | None:
-    if head.startswith(_ZIP_MAGIC):
-        return "zip"
-    if head[:1] and head[0] == _PICKLE_PROTO:
-        return "legacy"
-    return None
-
-
-def _not_torch(path: Path) -> str:
-    return (f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy torch pickle); "
-            "pass the .pt/.pth file that torch.save wrote")
-
-
-def _names_disallowed_global(message: str) -> bool:
-    """True when the weights-only unpickler stopped at a class/function reference (what could run code)."""
-    return "Unsupported global" in message or "GLOBAL " in message
-
-
-def _disallowed_detail(message: str) -> str:
+def _disallowed_global(message: str) -> str | None:
+    """Where the weights-only unpickler stopped at a class/function reference (what could run code), if it did."""
     for line in message.splitlines():
         if "Unsupported global" in line or "GLOBAL " in line:
             return line.strip().split(" was not an allowed global")[0].replace("WeightsUnpickler error: ", "")[:160]
-    return "disallowed global"
-
-
-def _damaged(path: Path, kind: str, error: BaseException) -> str:
-    what = "zip archive" if kind == "zip" else "legacy pickle"
-    return (f"checkpoint {path} is unreadable or truncated (a damaged torch.save {what}: {type(error).__name__}); "
-            "use the previous checkpoint or re-save it")
+    return None
 
 
 def _remove_quietly(path: str) -> None:
-    if not path:
-        return
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    if path:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -48,10 +48,9 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if only is None or only == name:
-            module = _import_command(module_name)
-            if module is not None:
-                module.configure_parser(p)
-                p.set_defaults(_run=module.run)
+            module = importlib.import_module(module_name)
+            module.configure_parser(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
@@ -62,7 +61,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         # key=value overrides may follow options (argparse binds a '*' positional only once)
-        if extra and isinstance(getattr(args, "overrides", None), list) and all(_is_override(a) for a in extra):
+        all_overrides = all("=" in a and not a.startswith("-") for a in extra)
+        if extra and isinstance(getattr(args, "overrides", None), list) and all_overrides:
             args.overrides += extra
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -81,22 +81,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-def _is_override(arg: str) -> bool:
-    return "=" in arg and not arg.startswith("-")
-
-
 def one_line(error: BaseException) -> str:
     """The user-facing line of an error, also when a DataLoader worker re-raised it with its traceback."""
     text = str(error).strip()
     if "Original Traceback" in text:  # torch's ExceptionWrapper: the real message is on the last line
         text = text.splitlines()[-1].split(": ", 1)[-1]
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def _import_command(module_name: str):
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name == module_name:  # command not built yet: keep the others usable
-            return None
-        raise

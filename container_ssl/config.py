@@ -19,25 +19,13 @@ from typing import Any, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .errors import UserError
 
 
 # ------------------------------------------------------------------------------------------- checks
-@dataclass(frozen=True)
-class Check:
-    """A bound on one config value, declared next to its field and applied by :func:`validate`.
-
-    Why at load time: a batch size of 0, a negative learning rate or a probability of 2 would otherwise
-    surface as a traceback minutes into a run, or not at all (a run that silently learns nothing).
-    """
-
-    ok: Callable[[Any], bool]
-    says: str  # what a valid value is, e.g. "must be > 0"
-
-
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -46,9 +34,14 @@ def _numbers(v: Any, n: int) -> bool:
     return isinstance(v, (list, tuple)) and len(v) == n and all(_num(x) for x in v)
 
 
-def rule(ok: Callable[[Any], bool], says: str) -> dict[str, Check]:
-    """Field metadata holding a :class:`Check`: ``x: int = field(default=1, metadata=rule(...))``."""
-    return {"check": Check(ok, says)}
+def rule(ok: Callable[[Any], bool], says: str) -> dict[str, tuple[Callable[[Any], bool], str]]:
+    """Field metadata for a bound that :func:`validate` applies: ``x: int = field(default=1, metadata=rule(...))``.
+
+    ``says`` is what a valid value is (``"must be > 0"``). Why at load time: a batch size of 0, a negative
+    learning rate or a probability of 2 would otherwise surface as a traceback minutes into a run, or not at
+    all (a run that silently learns nothing).
+    """
+    return {"check": (ok, says)}
 
 
 POSITIVE = rule(lambda v: _num(v) and v > 0, "must be > 0")
@@ -69,10 +62,7 @@ class Choice(str, Enum):
     """
 
     def __str__(self) -> str:
-        return str(self.value)
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self.value), spec)
+        return str(self.value)  # Enum's format() and f-strings use it too
 
 
 class AugBackend(Choice):
@@ -253,7 +243,7 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[li
         if overrides:
             where, fix_in = "command-line overrides", "the key=value overrides"
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    except (ConfigKeyError, ValidationError, OmegaConfBaseException) as e:
+    except OmegaConfBaseException as e:  # ConfigKeyError, ValidationError ...
         raise UserError(_explain(e, where, schema, fix_in)) from None
     sources = ([str(path)] if path is not None else []) + (["the key=value overrides"] if overrides else [])
     validate(cfg, schema, " or ".join(sources) or "the schema defaults")
@@ -261,10 +251,10 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[li
 
 
 def validate(cfg: Any, schema: type = PretrainConfig, where: str = "the config") -> None:
-    """Apply every field's :class:`Check` and the schema's cross-key checks; the first failure is a UserError."""
-    for key, value, check in _checked_values(cfg, schema):
-        if not check.ok(value):
-            raise UserError(f"config key '{key}' {check.says}, got {value!r}; fix it in {where}")
+    """Apply every field's :func:`rule` and the schema's cross-key checks; the first failure is a UserError."""
+    for key, value, (ok, says) in _checked_values(cfg, schema):
+        if not ok(value):
+            raise UserError(f"config key '{key}' {says}, got {value!r}; fix it in {where}")
     for key, ok, says in CROSS_CHECKS.get(schema, ()):
         if not ok(cfg):
             value = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else None
@@ -272,7 +262,7 @@ def validate(cfg: Any, schema: type = PretrainConfig, where: str = "the config")
 
 
 def _checked_values(cfg: Any, schema: type, prefix: str = ""):
-    """(dotted key, plain value, check) for every field of ``schema`` (recursively) that declares a check."""
+    """(dotted key, plain value, (ok, says)) for every field of ``schema`` (recursively) that declares a rule."""
     for f in dataclasses.fields(schema):
         value = cfg.get(f.name) if isinstance(cfg, DictConfig) else getattr(cfg, f.name)
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
@@ -390,7 +380,8 @@ def _explain(e: OmegaConfBaseException, where: str, schema: type, fix_in: str) -
     msg = str(e).splitlines()[0]
     if isinstance(e, ConfigKeyError) and key:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        valid = _keys_at(schema, parent)
+        node = OmegaConf.select(OmegaConf.structured(schema), parent, default=None)  # "" selects the root
+        valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
         return f"unknown config key '{key}' in {where}; valid keys{' under ' + parent if parent else ''}: {', '.join(valid)}"
     default = OmegaConf.select(OmegaConf.structured(schema), key, default=None) if key else None
     if isinstance(default, Choice):  # the same line as a failed range check
@@ -399,12 +390,3 @@ def _explain(e: OmegaConfBaseException, where: str, schema: type, fix_in: str) -
     if key:
         return f"bad value for config key '{key}' in {where}: {msg}"
     return f"bad config in {where}: {msg}"
-
-
-def _keys_at(schema: type, dotted: str) -> list[str]:
-    node = OmegaConf.structured(schema)
-    for part in filter(None, dotted.split(".")):
-        node = node.get(part)
-        if not isinstance(node, DictConfig):
-            return []
-    return sorted(node.keys())

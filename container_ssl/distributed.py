@@ -156,15 +156,11 @@ class StopSignals:
             return
         self.received = signal.Signals(signum)
         # os.write, not print: the handler may interrupt a print to the same buffered stream (re-entry error)
-        _write_stderr(f"caught {self.received.name}: stopping after the current step to write the "
-                      "checkpoint (send it again to abort at once)\n")
-
-
-def _write_stderr(text: str) -> None:
-    try:
-        os.write(2, text.encode())
-    except OSError:
-        pass
+        try:
+            os.write(2, (f"caught {self.received.name}: stopping after the current step to write the checkpoint "
+                         "(send it again to abort at once)\n").encode())
+        except OSError:
+            pass
 
 
 def cleanup() -> None:

@@ -3,8 +3,9 @@
 Why: users must get a one-line message that names the file or key and says what to do, never a raw
 traceback. Commands, data and config code raise :class:`UserError`. The model code is a library first
 (timm's model files raise ``ValueError``), so it raises :class:`InvalidArgument`, a ``ValueError``
-that library callers catch the usual way. The CLI prints either as ``error: <message>`` and exits with
-status 2; any other exception is a bug and keeps its traceback.
+that library callers catch the usual way and the CLI tells from a plain one (which may be a bug anywhere).
+The CLI prints either as ``error: <message>`` and exits with status 2; any other exception is a bug and
+keeps its traceback.
 """
 
 
@@ -13,11 +14,7 @@ class UserError(Exception):
 
 
 class InvalidArgument(ValueError):
-    """A model built or called with a value it cannot work with (name, size, stride, affinity kind ...).
-
-    Why its own type: a plain ``ValueError`` may be a bug anywhere; this one is raised on purpose, with a
-    message that says what to change, so the CLI can show it as one line without hiding other errors.
-    """
+    """A model built or called with a value it cannot work with (name, size, stride, affinity kind ...)."""
 
 
 # What the CLI (and a submitted job) reports as one line instead of a traceback.

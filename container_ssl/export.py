@@ -25,9 +25,10 @@ import torch
 from timm.models import save_for_hf
 from torch import nn
 
+from .argtypes import int_range
 from .errors import UserError
 from .eval.backbone import load_backbone, preprocessing
-from .eval.options import add_checkpoint_args, positive_int
+from .eval.options import add_checkpoint_args
 from .eval.transforms import IMAGENET_MEAN, IMAGENET_STD, default_crop_ratio
 from .pretrained import CONFIG_NAME, WEIGHTS_NAME, load_pretrained
 
@@ -35,7 +36,6 @@ __all__ = ["ONNX_NAME", "ONNX_TOLERANCE", "check_onnx", "export_backbone", "expo
 
 ONNX_NAME = "model.onnx"
 ONNX_TOLERANCE = 1e-4  # max abs difference to PyTorch before an ONNX file is refused
-_INSTALL_HINT = "install the export extra: pip install 'container-ssl[export]' (onnx, onnxruntime)"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +44,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_args(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (checked with onnxruntime)")
-    parser.add_argument("--img-size", type=positive_int, default=None,
+    parser.add_argument("--img-size", type=int_range(1), default=None,
                         help="input size recorded in the config and used by ONNX; default: the run's global crop size")
-    parser.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--opset", type=int_range(1), default=18, help="ONNX opset (default 18)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,11 +93,9 @@ def export_backbone(net: nn.Module, out: str | os.PathLike, img_size: int, mean:
         if onnx:
             export_onnx(net, tmp / ONNX_NAME, img_size, opset=opset)
             names.append(ONNX_NAME)
-        written = []
         for name in names:
             os.replace(tmp / name, out / name)
-            written.append(out / name)
-        return written
+        return [out / name for name in names]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -143,11 +141,8 @@ def check_onnx(net: nn.Module, path: str | os.PathLike, img_size: int) -> float:
 
 
 def _drop_num_classes_arg(path: Path) -> None:
-    """Keep ``num_classes`` out of ``model_args`` (it stays at the top level).
-
-    Why: the documented call ``timm.create_model(arch, ..., num_classes=0, **model_args)`` would otherwise
-    pass it twice.
-    """
+    """Keep ``num_classes`` out of ``model_args`` (it stays at the top level): the documented call
+    ``timm.create_model(arch, ..., num_classes=0, **model_args)`` would otherwise pass it twice."""
     cfg = json.loads(path.read_text())
     cfg.get("model_args", {}).pop("num_classes", None)
     path.write_text(json.dumps(cfg, indent=2) + "\n")
@@ -162,5 +157,5 @@ def _require_onnx() -> None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as e:
-        raise UserError(f"--onnx needs the '{e.name}' package; {_INSTALL_HINT}") from None
-
+        raise UserError(f"--onnx needs the '{e.name}' package; install the export extra: "
+                        "pip install 'container-ssl[export]' (onnx, onnxruntime)") from None

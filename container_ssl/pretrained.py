@@ -19,15 +19,20 @@ from torch import nn
 from . import models  # noqa: F401  (registers the Container architectures with timm)
 from .errors import UserError
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_pretrained", "read_export_config"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_pretrained"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def read_export_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``config.json`` of an export folder, checked for the keys loading needs."""
-    cfg_path = Path(path) / CONFIG_NAME
+def load_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
+    """The exported backbone in eval mode; ``model(x)`` returns the pooled feature of the run's teacher.
+
+    ``kwargs`` override the saved model arguments (e.g. ``num_classes=10`` for a fresh classifier head,
+    which then stays randomly initialised).
+    """
+    folder = Path(path)
+    cfg_path = folder / CONFIG_NAME
     try:
         cfg = json.loads(cfg_path.read_text())
     except FileNotFoundError:
@@ -38,17 +43,6 @@ def read_export_config(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{cfg_path} names no 'architecture'; re-run `container-ssl export`")
     if not isinstance(cfg.get("model_args", {}), dict):
         raise UserError(f"{cfg_path}: 'model_args' must be a mapping; re-run `container-ssl export`")
-    return cfg
-
-
-def load_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
-    """The exported backbone in eval mode; ``model(x)`` returns the pooled feature of the run's teacher.
-
-    ``kwargs`` override the saved model arguments (e.g. ``num_classes=10`` for a fresh classifier head,
-    which then stays randomly initialised).
-    """
-    folder = Path(path)
-    cfg = read_export_config(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise UserError(f"{weights} not found; pass a folder written by `container-ssl export`")

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "EVAL_DIR", "FINETUNE_PREFIX", "KNN_REPORT", "LINEAR_REPORT", "METRICS", "NETWORKS",
-    "SUMMARY", "Mismatch", "RunCheckpoint", "RunLayout", "compare_state", "eval_dir", "load_strict",
+    "SUMMARY", "Mismatch", "RunCheckpoint", "compare_state", "eval_dir", "load_strict",
     "read_checkpoint", "strip_prefixes", "unwrap_state_dict",
 ]
 
@@ -53,36 +53,6 @@ NETWORKS = ("teacher", "student")  # the two MultiCropWrapper state dicts of a p
 WRAPPER_KEYS = ("model", "state_dict", "model_ema")  # where released / timm files keep their state dict
 PREFIXES = ("module.", "backbone.", "_orig_mod.")  # DDP, DINO's MultiCropWrapper, torch.compile
 _SHOW = 4  # names shown per kind of mismatch
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """The files of one run folder."""
-
-    root: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / CHECKPOINT
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG
-
-    @property
-    def summary(self) -> Path:
-        return self.root / SUMMARY
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / EVAL_DIR
-
-    def finetune_reports(self) -> list[Path]:
-        return sorted(self.eval_dir.glob(f"{FINETUNE_PREFIX}*.json"))
 
 
 def eval_dir(checkpoint: str | os.PathLike) -> Path:
@@ -112,19 +82,18 @@ class RunCheckpoint:
 
     def network(self, key: str) -> dict[str, torch.Tensor]:
         """The ``teacher``/``student`` state dict of a pretraining checkpoint, checked to be one."""
-        path = self.path
         if key not in self.raw:
             have = [k for k in NETWORKS if isinstance(self.raw.get(k), Mapping)]
-            raise UserError(f"checkpoint {path} has no '{key}' weights (it has: {', '.join(have) or 'none'}); "
+            raise UserError(f"checkpoint {self.path} has no '{key}' weights (it has: {', '.join(have) or 'none'}); "
                             "use --checkpoint-key teacher or student")
         entry = self.raw[key]
         if not isinstance(entry, Mapping):
-            raise UserError(f"checkpoint {path}: '{key}' is a {type(entry).__name__}, not a state dict "
+            raise UserError(f"checkpoint {self.path}: '{key}' is a {type(entry).__name__}, not a state dict "
                             "(parameter name -> tensor); the file was not written by container-ssl pretrain")
         odd = [f"{k} ({type(v).__name__})" for k, v in entry.items()
                if not isinstance(k, str) or not torch.is_tensor(v)]
         if odd:
-            raise UserError(f"checkpoint {path}: '{key}' is not a state dict: {len(odd)} entries are not tensors "
+            raise UserError(f"checkpoint {self.path}: '{key}' is not a state dict: {len(odd)} entries are not tensors "
                             f"({_names(odd)}); the file was not written by container-ssl pretrain")
         return dict(entry)
 
@@ -137,39 +106,28 @@ class RunCheckpoint:
                             "checkpoint?")
         return strip_prefixes(backbone)
 
-    def weights(self, key: str) -> dict[str, torch.Tensor]:
-        """The state dict of a file pretraining did not write (``key`` is tried first among the wrappers)."""
-        return unwrap_state_dict(self.raw, key)
-
 
 def read_checkpoint(path: str | os.PathLike) -> RunCheckpoint:
     """Read ``path`` once (``weights_only``, hashed) into a :class:`RunCheckpoint`."""
     path = Path(path)
     raw, sha256 = load_checkpoint_with_sha256(path)
     saved = raw.get("config")
-    config = None
-    if isinstance(saved, Mapping) and isinstance(saved.get("model"), Mapping):
-        config = pretrain_config(saved, path)
-    return RunCheckpoint(path=path, sha256=sha256, raw=raw, config=config)
-
-
-def pretrain_config(saved: Mapping, path: str | os.PathLike) -> DictConfig:
-    """A checkpoint's plain config dict as a typed PretrainConfig (keys it lacks take the defaults).
-
-    Imported here, not at the top: the released-weights loader (imported with the package) needs this
-    module but not OmegaConf.
-    """
+    if not (isinstance(saved, Mapping) and isinstance(saved.get("model"), Mapping)):
+        return RunCheckpoint(path=path, sha256=sha256, raw=raw, config=None)
+    # imported here, not at the top: the released-weights loader (imported with the package) needs this
+    # module but not OmegaConf
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from .config import PretrainConfig
 
-    try:
-        return OmegaConf.merge(OmegaConf.structured(PretrainConfig), dict(saved))
+    try:  # keys the saved config lacks take the defaults
+        config = OmegaConf.merge(OmegaConf.structured(PretrainConfig), dict(saved))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise UserError(f"checkpoint {path}: its config does not fit this version's schema at '{key}' "
                         f"({str(e).splitlines()[0]}); use the container-ssl version that wrote it") from None
+    return RunCheckpoint(path=path, sha256=sha256, raw=raw, config=config)
 
 
 # ------------------------------------------------------------------------- state dicts and loading
@@ -177,12 +135,8 @@ def strip_prefixes(state_dict: Mapping, prefixes: tuple[str, ...] = PREFIXES) ->
     """Remove wrapper prefixes (DDP ``module.``, DINO ``backbone.``, torch.compile ``_orig_mod.``) repeatedly."""
     out = {}
     for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in prefixes:
-                if key.startswith(p):
-                    key, changed = key[len(p):], True
+        while prefix := next((p for p in prefixes if key.startswith(p)), None):
+            key = key[len(prefix):]
         out[key] = value
     return out
 

@@ -26,11 +26,11 @@ from ..errors import UserError
 from .archives import default_cache_dir, extract_archive, is_archive
 from .images import BadImage, load_rgb
 from .listing import LeftOut, list_images
-from .listing import left_out_record as _record
 
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "error")
+MAX_NAMED = 1000  # files named in a left-out record; the counts cover all of them
 
 
 class Skipped(NamedTuple):
@@ -61,7 +61,15 @@ class SafeImageFolder(ImageFolder):
             super().__init__(root, transform=transform, loader=load_rgb, allow_empty=True)
         except FileNotFoundError as e:
             raise UserError(f"no images found under {root} ({e}); point data.path at an ImageFolder tree") from None
-        _check_classes(Path(root), self.classes, self.targets, self.left_out)
+        # a class folder without a single image is a mistake (a wrong path, a failed copy): say which one
+        counts = Counter(self.targets)
+        for index, name in enumerate(self.classes):
+            if counts[index] == 0 and not name.startswith("."):
+                folder = Path(root) / name
+                inside = [item.reason for item in self.left_out if item.path.startswith(f"{folder}{os.sep}")]
+                why = (f" ({len(inside)} file(s) left out: {Counter(inside).most_common(1)[0][0]}…)"
+                       if inside else "")
+                raise UserError(f"class folder {folder} is empty{why}; add its images or remove the folder")
         self.on_bad_image = on_bad_image
         self.name_skips = name_skips
 
@@ -137,10 +145,9 @@ def resolve_root(path: str, cache_dir: str = "") -> Path:
     # an archive (or folder) holding one top folder, e.g. cifar10/{train,val}: descend into it
     while True:
         entries = [p for p in root.iterdir() if not p.name.startswith(".")]
-        if len(entries) == 1 and entries[0].is_dir() and not _looks_like_split(root):
-            root = entries[0]
-        else:
+        if len(entries) != 1 or not entries[0].is_dir() or any((root / s).is_dir() for s in ("train", "val", "test")):
             return root
+        root = entries[0]
 
 
 def build_dataset(path: str, split: str, transform: Callable | None = None, cache_dir: str = "",
@@ -162,46 +169,28 @@ def build_dataset(path: str, split: str, transform: Callable | None = None, cach
                             "the layout is <root>/<split>/<class>/<image>")
         ds = SafeImageFolder(str(split_dir), transform=transform, on_bad_image=on_bad_image, name_skips=name_skips)
     if limit and limit < len(ds.targets):
-        _keep_subset(ds, limit, seed)
+        order = list(range(len(ds.targets)))
+        random.Random(seed).shuffle(order)
+        keep = sorted(order[:limit])
+        ds.samples = [ds.samples[i] for i in keep]
+        ds.targets = [ds.targets[i] for i in keep]
+        if isinstance(ds, SafeImageFolder):
+            ds.imgs = ds.samples
+        else:
+            ds._ds.data = ds._ds.data[keep]
+            ds._ds.targets = list(ds.targets)
     return ds
 
 
 def left_out_record(dataset: Any) -> dict:
-    """What the listing of ``dataset`` left out, as JSON: ``{"count", "by_reason", "files"}``."""
-    return _record(getattr(dataset, "left_out", []))
+    """What the listing of ``dataset`` left out, as JSON: ``{"count", "by_reason", "files"}`` (1000 files named)."""
+    items = list(getattr(dataset, "left_out", []))
+    return {"count": len(items), "by_reason": dict(Counter(i.reason for i in items).most_common()),
+            "files": [{"path": i.path, "reason": i.reason} for i in items[:MAX_NAMED]]}
 
 
 def skip_bad_collate(batch: list) -> Any:
     """default_collate without the ``None`` items of skipped images; adds nothing to the batch structure."""
     kept = [b for b in batch if b is not None]
-    if not kept:
-        return None
-    return default_collate(kept)
+    return default_collate(kept) if kept else None
 
-
-def _keep_subset(ds: Any, limit: int, seed: int) -> None:
-    order = list(range(len(ds.targets)))
-    random.Random(seed).shuffle(order)
-    keep = sorted(order[:limit])
-    ds.samples = [ds.samples[i] for i in keep]
-    ds.targets = [ds.targets[i] for i in keep]
-    if isinstance(ds, SafeImageFolder):
-        ds.imgs = ds.samples
-    else:
-        ds._ds.data = ds._ds.data[keep]
-        ds._ds.targets = list(ds.targets)
-
-
-def _looks_like_split(root: Path) -> bool:
-    return any((root / s).is_dir() for s in ("train", "val", "test"))
-
-
-def _check_classes(root: Path, classes: list[str], targets: list[int], left_out: list[LeftOut]) -> None:
-    """A class folder without a single image is a mistake (a wrong path, a failed copy): say which one."""
-    counts = Counter(targets)
-    for index, name in enumerate(classes):
-        if counts[index] == 0 and not name.startswith("."):
-            folder = root / name
-            inside = [item.reason for item in left_out if item.path.startswith(f"{folder}{os.sep}")]
-            why = f" ({len(inside)} file(s) left out: {Counter(inside).most_common(1)[0][0]}…)" if inside else ""
-            raise UserError(f"class folder {folder} is empty{why}; add its images or remove the folder")

@@ -24,19 +24,13 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["BadImage", "load_rgb", "readable_extensions", "to_rgb"]
+__all__ = ["BadImage", "load_rgb", "to_rgb"]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 class BadImage(Exception):
     """An image file that cannot be decoded; the message names the file and the reason."""
-
-
-def readable_extensions() -> frozenset[str]:
-    """Lower-case extensions (``.gif``…) of every format Pillow can open, not only save (e.g. not ``.pdf``)."""
-    Image.init()
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -48,7 +42,11 @@ def load_rgb(path: str) -> Image.Image:
                 img.load()
                 return to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        reason = "empty file" if _is_empty(path) else (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        try:
+            empty = os.path.getsize(path) == 0
+        except OSError:
+            empty = False
+        reason = "empty file" if empty else (str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise BadImage(f"{path}: {reason}") from None
 
 
@@ -83,10 +81,3 @@ def _to_uint8(img: Image.Image) -> np.ndarray:
         return np.rint(values * 255.0).astype(np.uint8)
     values = np.clip(values.astype(np.int64), 0, 65535)
     return ((values * 255 + 65535 // 2) // 65535).astype(np.uint8)  # round(v * 255 / 65535), exact integers
-
-
-def _is_empty(path: str) -> bool:
-    try:
-        return os.path.getsize(path) == 0
-    except OSError:
-        return False

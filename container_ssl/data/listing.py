@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from ..errors import UserError
-from .images import readable_extensions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LeftOut", "left_out_record", "list_images"]
+__all__ = ["LeftOut", "list_images"]
 
 REPEATED_FOLDER = "symlinked folder already listed (a loop, or a link to another folder of the tree)"
-MAX_NAMED = 1000  # files named in a record; the counts cover all of them
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,8 @@ class LeftOut:
 
 def list_images(split_dir: Path, class_to_idx: Mapping[str, int]) -> tuple[list[tuple[str, int]], list[LeftOut]]:
     """``(samples, left_out)``: ``(path, label)`` in ImageFolder's order (class, folder, name) and the rest."""
-    walker = _Walker(readable_extensions())
+    Image.init()  # every format Pillow can open, not only save (so not .pdf)
+    walker = _Walker(frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN))
     roots: dict[tuple[int, int], str] = {}
     for name in sorted(class_to_idx):
         key = _identity(os.stat(split_dir / name))
@@ -76,13 +76,6 @@ def list_images(split_dir: Path, class_to_idx: Mapping[str, int]) -> tuple[list[
     return samples, walker.left_out
 
 
-def left_out_record(left_out: Iterable[LeftOut]) -> dict:
-    """JSON-ready ``{"count", "by_reason", "files"}`` (``files`` names at most the first 1000)."""
-    items = list(left_out)
-    return {"count": len(items), "by_reason": dict(Counter(i.reason for i in items).most_common()),
-            "files": [{"path": i.path, "reason": i.reason} for i in items[:MAX_NAMED]]}
-
-
 class _Walker:
     """The state of one listing: directories seen, images found, links still to follow, files left out."""
 
@@ -103,37 +96,27 @@ class _Walker:
             except OSError as e:
                 self.left_out.append(LeftOut(folder, f"unreadable folder ({e.strerror or e})"))
                 continue
-            for entry in entries:
-                self._entry(entry, folder, label, stack)
-
-    def _entry(self, entry: os.DirEntry, folder: str, label: int, stack: list[str]) -> None:
-        if entry.is_symlink():
-            if entry.is_dir():
-                self.links.append((label, entry.path))
-            elif entry.is_file():
-                self._file(entry, folder, label)
-            else:
-                self.left_out.append(LeftOut(entry.path, "broken symlink"))
-        elif entry.is_dir():
-            key = _identity(entry.stat(follow_symlinks=False))
-            if key in self.seen:  # a bind mount of a folder already listed
-                self.left_out.append(LeftOut(entry.path, REPEATED_FOLDER))
-            else:
-                self.seen.add(key)
-                stack.append(entry.path)
-        elif entry.is_file():
-            self._file(entry, folder, label)
-        else:
-            self.left_out.append(LeftOut(entry.path, "not a regular file"))
-
-    def _file(self, entry: os.DirEntry, folder: str, label: int) -> None:
-        suffix = os.path.splitext(entry.name)[1].lower()
-        if entry.name.startswith("."):
-            self.left_out.append(LeftOut(entry.path, "hidden file"))
-        elif suffix not in self.extensions:
-            self.left_out.append(LeftOut(entry.path, f"not an image type Pillow reads ({suffix or 'no extension'})"))
-        else:
-            self.found.append((label, folder, entry.name))
+            for entry in entries:  # is_dir() and is_file() follow a symlink; a broken one is neither
+                suffix = os.path.splitext(entry.name)[1].lower()
+                if entry.is_dir() and entry.is_symlink():
+                    self.links.append((label, entry.path))
+                elif entry.is_dir():
+                    key = _identity(entry.stat(follow_symlinks=False))
+                    if key in self.seen:  # a bind mount of a folder already listed
+                        self.left_out.append(LeftOut(entry.path, REPEATED_FOLDER))
+                    else:
+                        self.seen.add(key)
+                        stack.append(entry.path)
+                elif not entry.is_file():
+                    reason = "broken symlink" if entry.is_symlink() else "not a regular file"
+                    self.left_out.append(LeftOut(entry.path, reason))
+                elif entry.name.startswith("."):
+                    self.left_out.append(LeftOut(entry.path, "hidden file"))
+                elif suffix not in self.extensions:
+                    reason = f"not an image type Pillow reads ({suffix or 'no extension'})"
+                    self.left_out.append(LeftOut(entry.path, reason))
+                else:
+                    self.found.append((label, folder, entry.name))
 
 
 def _summary(left_out: list[LeftOut], root: Path, examples: int = 3) -> str:

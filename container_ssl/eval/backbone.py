@@ -30,7 +30,7 @@ from torch import nn
 from ..errors import UserError
 from ..models import backbone_names, create_backbone
 from ..models.loading import checkpoint_filter_fn
-from ..run import RunCheckpoint, load_strict, read_checkpoint
+from ..run import RunCheckpoint, load_strict, read_checkpoint, unwrap_state_dict
 from .finite import require_finite_weights
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -44,13 +44,16 @@ def build_model(name: str, img_size: int | None = None, patch_size: int | None =
                 drop_path_rate: float = 0.0, num_classes: int = 0) -> nn.Module:
     """The package's backbone factory; other timm model names (plain timm state_dicts) go to timm directly."""
     kwargs: dict[str, Any] = {"drop_path_rate": drop_path_rate, "num_classes": num_classes}
-    if img_size is not None:
-        kwargs["img_size"] = int(img_size)
-    if patch_size is not None:
-        kwargs["patch_size"] = int(patch_size)
+    kwargs.update({k: int(v) for k, v in (("img_size", img_size), ("patch_size", patch_size)) if v is not None})
     if name in backbone_names():
         return create_backbone(name, **kwargs)
-    return _create_timm(name, kwargs)
+    import timm
+    if not timm.is_model(name):
+        raise UserError(f"unknown model '{name}'; see `container-ssl models` for the backbones")
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError:  # architectures without img_size / patch_size
+        return timm.create_model(name, pretrained=False, drop_path_rate=drop_path_rate, num_classes=num_classes)
 
 
 def load_backbone(checkpoint: str | os.PathLike | RunCheckpoint, checkpoint_key: str = "teacher",
@@ -73,7 +76,7 @@ def load_backbone(checkpoint: str | os.PathLike | RunCheckpoint, checkpoint_key:
         img_size = img_size or config.model.img_size
         patch_size = patch_size if patch_size is not None else config.model.patch_size
     else:
-        state = ckpt.weights(checkpoint_key)
+        state = unwrap_state_dict(ckpt.raw, checkpoint_key)  # checkpoint_key is tried first among the wrappers
         if _is_released_container(state):
             fmt, name = "released", model or RELEASED_DEFAULT_MODEL
         else:
@@ -170,14 +173,3 @@ def _fit_pos_embed(net: nn.Module, state: dict) -> None:
     if old_side * old_side != old_tokens:
         return  # not a square grid: leave it to the strict check to report
     state["pos_embed"] = resample_abs_pos_embed(saved, list(grid), [old_side, old_side], num_prefix_tokens=prefix)
-
-
-def _create_timm(name: str, kwargs: dict) -> nn.Module:
-    import timm
-    if not timm.is_model(name):
-        raise UserError(f"unknown model '{name}'; see `container-ssl models` for the backbones")
-    try:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    except TypeError:  # architectures without img_size / patch_size
-        kwargs = {k: v for k, v in kwargs.items() if k in ("drop_path_rate", "num_classes")}
-        return timm.create_model(name, pretrained=False, **kwargs)

@@ -32,7 +32,6 @@ from tqdm import tqdm
 from ..checkpoint import load_checkpoint, save_atomic
 from ..data import skip_bad_collate
 from ..errors import UserError
-from .backbone import load_backbone
 from .feature_key import dataset_fingerprint
 
 log = logging.getLogger(__name__)
@@ -40,13 +39,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "autocast",
     "cached_features",
-    "dataset_fingerprint",
     "default_n_last_blocks",
     "extract_features",
     "feature_fn",
     "feature_kind",
     "is_token_model",
-    "load_backbone",
     "make_loader",
 ]
 
@@ -68,7 +65,8 @@ def feature_kind(n_last_blocks: int = 0, avgpool: bool = False) -> str:
     return f"last{n_last_blocks}" + ("avg" if avgpool else "")
 
 
-def feature_fn(model: nn.Module, n_last_blocks: int = 0, avgpool: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def feature_fn(model: nn.Module, n_last_blocks: int = 0,
+               avgpool: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function images -> features ``[B, D]`` implementing the choice described in the module docstring."""
     if n_last_blocks <= 0:
         return model
@@ -105,8 +103,7 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bo
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       collate_fn=skip_bad_collate, drop_last=drop_last, generator=generator,
-                      pin_memory=device is not None and device.type == "cuda",
-                      persistent_workers=False)
+                      pin_memory=device is not None and device.type == "cuda")
 
 
 @torch.no_grad()

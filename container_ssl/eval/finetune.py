@@ -7,9 +7,9 @@ with the DeiT recipe, built from timm parts rather than re-implemented: AdamW th
 ``create_optimizer_v2`` (bias/norm parameters without weight decay, optional layer-wise lr decay via the
 model's ``group_matcher``), a per-iteration cosine schedule with warm-up (``create_scheduler_v2``),
 RandAugment ``rand-m9-mstd0.5-inc1`` (DeiT's policy, with the sampled magnitude capped at 9: at 10 its
-increasing posterize asks for 0 bits, which Pillow >= 13 rejects mid-epoch) + random erasing (``create_transform``, which wraps
-``rand_augment_transform``), Mixup/CutMix (``Mixup`` + ``SoftTargetCrossEntropy``) or label smoothing.
-Accuracy is always measured on the *full* val split.
+increasing posterize asks for 0 bits, which Pillow >= 13 rejects mid-epoch) + random erasing
+(``create_transform``, which wraps ``rand_augment_transform``), Mixup/CutMix (``Mixup`` +
+``SoftTargetCrossEntropy``) or label smoothing. Accuracy is always measured on the *full* val split.
 
 Outputs in ``--output-dir``: ``subset_<tag>.txt`` (the labelled images used), ``finetune_<tag>.json``
 (best and final val top-1/top-5, the configuration), ``finetune_<tag>_log.jsonl`` (per-epoch lines) and
@@ -29,25 +29,14 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from ..argtypes import float_range
+from ..argtypes import float_range, int_range
 from ..checkpoint import save_atomic
 from ..data.subsets import read_subset_file, select_subset, write_subset_file
 from ..errors import UserError
 from ..run import FINETUNE_PREFIX
 from .features import autocast, make_loader
 from .metrics import TopK
-from .options import (
-    EvalContext,
-    add_checkpoint_args,
-    add_data_args,
-    add_runtime_args,
-    fraction,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    probability,
-)
+from .options import EvalContext, add_checkpoint_args, add_data_args, add_runtime_args
 
 DEFAULT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1-mmax9"
 
@@ -62,38 +51,44 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_data_args(parser)
     labels = parser.add_argument_group("labels")
     s = labels.add_mutually_exclusive_group()
-    s.add_argument("--label-fraction", type=fraction, default=None,
+    s.add_argument("--label-fraction", type=float_range(0, 1, lo_open=True), default=None,
                    help="fraction of train labels per class, e.g. 0.01 or 0.1 (default 0.1)")
     s.add_argument("--subset-file", default=None, metavar="PATH",
                    help="use the images listed in this file (one path per line, relative to the split folder)")
-    labels.add_argument("--subset-seed", type=non_negative_int, default=0, help="seed of the label subset (default 0)")
+    labels.add_argument("--subset-seed", type=int_range(0), default=0, help="seed of the label subset (default 0)")
 
     o = parser.add_argument_group("optimisation (DeiT defaults)")
-    o.add_argument("--epochs", type=positive_int, default=100)
+    o.add_argument("--epochs", type=int_range(1), default=100)
     o.add_argument("--opt", type=_timm_optimizer, default="adamw", help="timm optimizer name (default adamw)")
-    o.add_argument("--lr", type=positive_float, default=5e-4, help="base lr, scaled by batch_size/512 (default 5e-4)")
-    o.add_argument("--min-lr", type=non_negative_float, default=1e-6)
-    o.add_argument("--warmup-epochs", type=non_negative_int, default=5)
-    o.add_argument("--warmup-lr", type=non_negative_float, default=1e-6)
-    o.add_argument("--weight-decay", type=non_negative_float, default=0.05)
-    o.add_argument("--layer-decay", type=fraction, default=None,
+    o.add_argument("--lr", type=float_range(0, lo_open=True), default=5e-4,
+                   help="base lr, scaled by batch_size/512 (default 5e-4)")
+    o.add_argument("--min-lr", type=float_range(0), default=1e-6)
+    o.add_argument("--warmup-epochs", type=int_range(0), default=5)
+    o.add_argument("--warmup-lr", type=float_range(0), default=1e-6)
+    o.add_argument("--weight-decay", type=float_range(0), default=0.05)
+    o.add_argument("--layer-decay", type=float_range(0, 1, lo_open=True), default=None,
                    help="layer-wise lr decay factor, e.g. 0.65 (default: off)")
-    o.add_argument("--drop-path", type=float_range(0, 1, hi_open=True), default=0.1, help="stochastic depth rate (default 0.1)")
-    o.add_argument("--clip-grad", type=positive_float, default=None, help="gradient norm clip (default: off)")
+    o.add_argument("--drop-path", type=float_range(0, 1, hi_open=True), default=0.1,
+                   help="stochastic depth rate (default 0.1)")
+    o.add_argument("--clip-grad", type=float_range(0, lo_open=True), default=None,
+                   help="gradient norm clip (default: off)")
 
     a = parser.add_argument_group("augmentation and regularisation (DeiT defaults)")
-    a.add_argument("--aa", default=DEFAULT_AUTO_AUGMENT, help=f"timm RandAugment string, or 'none' (default {DEFAULT_AUTO_AUGMENT})")
-    a.add_argument("--reprob", type=probability, default=0.25, help="random erasing probability (default 0.25)")
-    a.add_argument("--crop-scale", type=fraction, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"))
-    a.add_argument("--smoothing", type=float_range(0, 1, hi_open=True), default=0.1, help="label smoothing (default 0.1)")
-    a.add_argument("--mixup", type=non_negative_float, default=0.8, help="Mixup alpha (default 0.8; 0 = off)")
-    a.add_argument("--cutmix", type=non_negative_float, default=1.0, help="CutMix alpha (default 1.0; 0 = off)")
-    a.add_argument("--mixup-prob", type=probability, default=1.0)
-    a.add_argument("--mixup-switch-prob", type=probability, default=0.5)
+    a.add_argument("--aa", default=DEFAULT_AUTO_AUGMENT,
+                   help=f"timm RandAugment string, or 'none' (default {DEFAULT_AUTO_AUGMENT})")
+    a.add_argument("--reprob", type=float_range(0, 1), default=0.25, help="random erasing probability (default 0.25)")
+    a.add_argument("--crop-scale", type=float_range(0, 1, lo_open=True), nargs=2, default=(0.08, 1.0),
+                   metavar=("LO", "HI"))
+    a.add_argument("--smoothing", type=float_range(0, 1, hi_open=True), default=0.1,
+                   help="label smoothing (default 0.1)")
+    a.add_argument("--mixup", type=float_range(0), default=0.8, help="Mixup alpha (default 0.8; 0 = off)")
+    a.add_argument("--cutmix", type=float_range(0), default=1.0, help="CutMix alpha (default 1.0; 0 = off)")
+    a.add_argument("--mixup-prob", type=float_range(0, 1), default=1.0)
+    a.add_argument("--mixup-switch-prob", type=float_range(0, 1), default=0.5)
     a.add_argument("--no-mixup", action="store_true", help="switch Mixup and CutMix off")
 
-    o.add_argument("--val-freq", type=positive_int, default=1, help="evaluate every N epochs (default 1)")
-    o.add_argument("--seed", type=non_negative_int, default=0, help="seed of initialisation and data order (default 0)")
+    o.add_argument("--val-freq", type=int_range(1), default=1, help="evaluate every N epochs (default 1)")
+    o.add_argument("--seed", type=int_range(0), default=0, help="seed of initialisation and data order (default 0)")
     add_runtime_args(parser, batch_size=128)
 
 

@@ -22,7 +22,6 @@ avoids copying the bank into faiss).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,8 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "AUTO_FAISS_MIN_BANK",
@@ -70,13 +67,9 @@ class KnnResult:
 def check_class_sets(train_classes: Sequence[str], val_classes: Sequence[str]) -> None:
     """Train and val must list the same classes in the same order (labels are indices into them)."""
     if list(train_classes) != list(val_classes):
-        only_train = sorted(set(train_classes) - set(val_classes))
-        only_val = sorted(set(val_classes) - set(train_classes))
-        detail = []
-        if only_train:
-            detail.append(f"only in train: {', '.join(only_train[:5])}")
-        if only_val:
-            detail.append(f"only in val: {', '.join(only_val[:5])}")
+        only = {"train": sorted(set(train_classes) - set(val_classes)),
+                "val": sorted(set(val_classes) - set(train_classes))}
+        detail = [f"only in {split}: {', '.join(names[:5])}" for split, names in only.items() if names]
         raise UserError("train and val splits have different classes (" + ("; ".join(detail) or "different order")
                         + "); both need the same class folders")
 

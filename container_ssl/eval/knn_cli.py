@@ -8,21 +8,11 @@ by the pretraining loop's online monitor; this module only turns flags into data
 from __future__ import annotations
 
 import argparse
-import logging
 
+from ..argtypes import float_range, int_range
 from ..run import KNN_REPORT
 from .knn import DEFAULT_KS, DEFAULT_TEMPERATURE, knn_classify, resolve_backend
-from .options import (
-    EvalContext,
-    add_checkpoint_args,
-    add_data_args,
-    add_feature_cache_args,
-    add_runtime_args,
-    positive_float,
-    positive_int,
-)
-
-log = logging.getLogger(__name__)
+from .options import EvalContext, add_checkpoint_args, add_data_args, add_runtime_args
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -32,15 +22,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_args(parser)
     add_data_args(parser)
     g = parser.add_argument_group("kNN")
-    g.add_argument("--k", type=positive_int, nargs="+", default=list(DEFAULT_KS), help="neighbour counts (default 10 20 100 200)")
-    g.add_argument("--temperature", type=positive_float, default=DEFAULT_TEMPERATURE, help="vote temperature T (default 0.07)")
+    g.add_argument("--k", type=int_range(1), nargs="+", default=list(DEFAULT_KS),
+                   help="neighbour counts (default 10 20 100 200)")
+    g.add_argument("--temperature", type=float_range(0, lo_open=True), default=DEFAULT_TEMPERATURE,
+                   help="vote temperature T (default 0.07)")
     g.add_argument("--backend", default="auto", choices=("auto", "torch", "faiss"),
                    help="auto = faiss when faiss sees a GPU and the bank has >= 100k images, else torch; "
                         "both give identical results")
-    g.add_argument("--chunk-size", type=positive_int, default=None,
+    g.add_argument("--chunk-size", type=int_range(1), default=None,
                    help="queries per similarity block of the torch back-end (default: sized to ~512 MiB)")
-    add_feature_cache_args(parser)
-    add_runtime_args(parser)
+    add_runtime_args(parser, feature_cache=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from ..argtypes import float_range
+from ..argtypes import float_range, int_range
 from ..checkpoint import save_atomic
 from ..errors import UserError
 from ..run import LINEAR_REPORT
@@ -47,17 +47,7 @@ from .features import (
     make_loader,
 )
 from .finite import require_finite_features
-from .options import (
-    EvalContext,
-    add_checkpoint_args,
-    add_data_args,
-    add_feature_cache_args,
-    add_runtime_args,
-    fraction,
-    non_negative_int,
-    positive_float,
-    positive_int,
-)
+from .options import EvalContext, add_checkpoint_args, add_data_args, add_runtime_args
 from .probe import (
     LinearProbe,
     choose,
@@ -77,13 +67,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_args(parser)
     add_data_args(parser)
     g = parser.add_argument_group("linear probe")
-    g.add_argument("--epochs", type=positive_int, default=100, help="default 100")
-    g.add_argument("--lr", type=positive_float, default=0.001,
+    g.add_argument("--epochs", type=int_range(1), default=100, help="default 100")
+    g.add_argument("--lr", type=float_range(0, lo_open=True), default=0.001,
                    help="base learning rate, scaled by batch_size/256 (default 0.001)")
-    g.add_argument("--lrs", type=positive_float, nargs="+", default=None, metavar="LR",
+    g.add_argument("--lrs", type=float_range(0, lo_open=True), nargs="+", default=None, metavar="LR",
                    help="several base learning rates: one head each, trained in the same pass; the best is "
                         "reported (overrides --lr), e.g. --lrs 0.0001 0.001 0.01 0.1")
-    g.add_argument("--n-last-blocks", type=non_negative_int, default=None,
+    g.add_argument("--n-last-blocks", type=int_range(0), default=None,
                    help="concatenate features of the last N blocks (DeiT: CLS tokens, default 4) or stages "
                         "(Container: pooled maps, default 2 = stages 3+4); 0 = the pooled output")
     g.add_argument("--avgpool", action="store_true",
@@ -91,26 +81,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cached-features", action="store_true",
                    help="extract features once (no augmentation) and train on them: orders of magnitude "
                         "faster on a CPU than the default augmented mode")
-    g.add_argument("--crop-scale", type=fraction, nargs=2, default=(0.08, 1.0), metavar=("LO", "HI"),
-                   help="RandomResizedCrop scale of the augmented mode (default 0.08 1.0)")
+    g.add_argument("--crop-scale", type=float_range(0, 1, lo_open=True), nargs=2, default=(0.08, 1.0),
+                   metavar=("LO", "HI"), help="RandomResizedCrop scale of the augmented mode (default 0.08 1.0)")
     g.add_argument("--selection", default="holdout", choices=("holdout", "val"),
                    help="where the lr and epoch are chosen: holdout (default) = on a class-balanced, seeded "
                         "part of the train split, then retrained on all of train and val evaluated once; "
                         "val = DINO's reporting, the best val top-1 (selected on the reported split)")
     g.add_argument("--holdout-fraction", type=float_range(0, 1, lo_open=True, hi_open=True), default=0.1,
                    help="share of each class's train images held out for the choice (default 0.1)")
-    g.add_argument("--val-freq", type=positive_int, default=1,
+    g.add_argument("--val-freq", type=int_range(1), default=1,
                    help="evaluate (the held-out part, or val with --selection val) every N epochs (default 1)")
-    g.add_argument("--seed", type=non_negative_int, default=0, help="seed of head init, data order and the held-out split (default 0)")
-    add_feature_cache_args(parser)
-    add_runtime_args(parser, batch_size=256)
+    g.add_argument("--seed", type=int_range(0), default=0,
+                   help="seed of head init, data order and the held-out split (default 0)")
+    add_runtime_args(parser, feature_cache=True)
 
 
 def run(args: argparse.Namespace) -> int:
     ctx = EvalContext.from_args(args)
     model, spec, device, out_dir = ctx.model, ctx.data, ctx.device, ctx.output_dir
     n_blocks = default_n_last_blocks(model) if args.n_last_blocks is None else args.n_last_blocks
-    _check_n_last_blocks(model, ctx.info["model"], n_blocks)
+    depth = intermediate_count(model)
+    if n_blocks > 0 and depth is not None and n_blocks > depth[0]:
+        raise UserError(f"--n-last-blocks {n_blocks} is more than the {depth[0]} {depth[1]} of {ctx.info['model']}; "
+                        f"pass 0..{depth[0]}")
     feature = {"n_last_blocks": n_blocks, "avgpool": args.avgpool}
 
     train_eval_ds, val_ds = ctx.splits()
@@ -128,9 +121,8 @@ def run(args: argparse.Namespace) -> int:
     meta = {**ctx.weights, "feature": feature_kind(n_blocks, args.avgpool), "n_last_blocks": n_blocks,
             "avgpool": args.avgpool, "feature_dim": int(val_f.shape[1]), "num_classes": num_classes,
             "classes": list(train_eval_ds.classes), "selection": args.selection}
-    select = _select_on_val if args.selection == "val" else _select_on_holdout
     with open(out_dir / "linear_log.jsonl", "w", buffering=1) as log_file:
-        result = select(args, data, val_f, val_y, base_lrs, num_classes, device, meta, log_file, out_dir)
+        result = _select(args, data, val_f, val_y, base_lrs, num_classes, device, meta, log_file, out_dir)
 
     path = ctx.write_report(LINEAR_REPORT, {
         **meta, **result, "mode": "cached-features" if args.cached_features else "augmented",
@@ -145,28 +137,46 @@ def run(args: argparse.Namespace) -> int:
 SELECTION_LABELS = {"holdout": "a held-out part of the train split", "val": "the val split (DINO's reporting)"}
 
 
-def _select_on_holdout(args: argparse.Namespace, data: Any, val_f: torch.Tensor, val_y: torch.Tensor,
-                       base_lrs: list, num_classes: int, device: torch.device, meta: dict, log_file: Any,
-                       out_dir: Path) -> dict:
-    """Choose lr and epoch on the held-out part of train, retrain on all of train, evaluate val once."""
-    fit_idx, held_idx = holdout_split(data.labels, args.holdout_fraction, args.seed)
-    held_f, held_y = data.held_out_features(held_idx)
+def _select(args: argparse.Namespace, data: Any, val_f: torch.Tensor, val_y: torch.Tensor, base_lrs: list,
+            num_classes: int, device: torch.device, meta: dict, log_file: Any, out_dir: Path) -> dict:
+    """Train one head per base lr and choose the lr and epoch: on the held-out part of train, then retrain on
+    all of train and evaluate val once; or, with ``--selection val``, as DINO reports (the best val top-1)."""
+    on_val = args.selection == "val"
+    split, shown_as = ("val", "val") if on_val else ("holdout", "held-out")
+    fit_idx, (eval_f, eval_y) = None, (val_f, val_y)
+    if not on_val:
+        fit_idx, held_idx = holdout_split(data.labels, args.holdout_fraction, args.seed)
+        eval_f, eval_y = data.held_out_features(held_idx)
     seed_everything(args.seed)  # head init from here: a feature-cache hit or miss (a DataLoader draw) alike
     probe = LinearProbe(val_f.shape[1], num_classes, base_lrs, args.batch_size, args.epochs, device)
+    best = {"top1": -1.0}  # --selection val: the best val top-1 so far, its head saved as linear_best.pt
     history: list[dict] = []
 
     def on_epoch(epoch: int, probe: LinearProbe, losses: list, meters: list) -> None:
-        history.append({"epoch": epoch, "holdout_top1": [m.top1 for m in meters]})
-        for rec, loss, meter in zip(probe.records, losses, meters):
+        history.append({"epoch": epoch, f"{split}_top1": [m.top1 for m in meters]})
+        for i, (rec, loss, meter) in enumerate(zip(probe.records, losses, meters)):
             log_file.write(json.dumps({"phase": "select", "epoch": epoch, "base_lr": rec.base_lr, "lr": rec.lr,
-                                       "train_loss": loss, "holdout_loss": meter.loss, "holdout_top1": meter.top1,
-                                       "holdout_top5": meter.top5}) + "\n")
+                                       "train_loss": loss, f"{split}_loss": meter.loss, f"{split}_top1": meter.top1,
+                                       f"{split}_top5": meter.top5}) + "\n")
+            if on_val and meter.top1 > best["top1"]:
+                best.update(top1=meter.top1, top5=meter.top5, epoch=epoch, base_lr=rec.base_lr, lr=rec.lr)
+                save_atomic({"head": probe.head_state(i), **meta, "epoch": epoch, "base_lr": rec.base_lr,
+                             "lr": rec.lr, "top1": meter.top1, "top5": meter.top5}, out_dir / "linear_best.pt")
         shown = max(range(len(meters)), key=lambda j: meters[j].top1)
-        print(f"epoch {epoch + 1}/{args.epochs}  held-out top1 {meters[shown].top1:.2f} "
-              f"(base lr {probe.records[shown].base_lr:g})", flush=True)
+        print(f"epoch {epoch + 1}/{args.epochs}  {shown_as} top1 {meters[shown].top1:.2f} (base lr "
+              f"{probe.records[shown].base_lr:g})" + (f"  best {best['top1']:.2f}" if on_val else ""), flush=True)
 
     records = fit_probe(probe, lambda epoch: data.batches(fit_idx), lambda: feature_batches(
-        held_f, held_y, max(args.batch_size, 1024)), args.epochs, args.val_freq, on_epoch)
+        eval_f, eval_y, max(args.batch_size, 1024)), args.epochs, args.val_freq, on_epoch)
+    per_lr = {"per_lr": [r.as_dict() for r in records], "base_lrs": [r.base_lr for r in records],
+              "history": history}  # history: the selection split's top-1 per evaluated epoch, one value per base lr
+    if on_val:
+        return {
+            "top1": best["top1"], "top5": best.get("top5"), "best_epoch": best.get("epoch"),
+            "best_base_lr": best.get("base_lr"), "best_lr": best.get("lr"),
+            "final_top1": max(r.final_top1 for r in records), **per_lr, "val_evaluations": len(history),
+            "epoch_reported": "best val top-1 over learning rates and epochs (DINO; selected on the reported split)",
+        }
     chosen = records[choose(records)]
     print(f"chosen on the held-out split: base lr {chosen.base_lr:g}, epoch {chosen.best_epoch + 1} "
           f"(held-out top1 {chosen.best_top1:.2f}); retraining on the whole train split", flush=True)
@@ -189,54 +199,10 @@ def _select_on_holdout(args: argparse.Namespace, data: Any, val_f: torch.Tensor,
         "best_lr": chosen.lr, "final_top1": meter.top1, "holdout_top1": chosen.best_top1,
         "holdout": {"fraction": args.holdout_fraction, "seed": args.seed, "images": int(held_idx.numel()),
                     "fit_images": int(fit_idx.numel())},
-        "per_lr": [r.as_dict() for r in records], "base_lrs": [r.base_lr for r in records],
-        "history": history,  # held-out top-1 per evaluated epoch, one value per base lr
-        "val_evaluations": 1,
+        **per_lr, "val_evaluations": 1,
         "epoch_reported": "lr and epoch chosen on a held-out part of train; retrained on all of train; "
                           "val evaluated once",
     }
-
-
-def _select_on_val(args: argparse.Namespace, data: Any, val_f: torch.Tensor, val_y: torch.Tensor, base_lrs: list,
-                   num_classes: int, device: torch.device, meta: dict, log_file: Any, out_dir: Path) -> dict:
-    """DINO's reporting: the best val top-1 over learning rates and epochs (selected on the reported split)."""
-    seed_everything(args.seed)  # head init from here: a feature-cache hit or miss (a DataLoader draw) alike
-    probe = LinearProbe(val_f.shape[1], num_classes, base_lrs, args.batch_size, args.epochs, device)
-    best = {"top1": -1.0}
-    history: list[dict] = []
-
-    def on_epoch(epoch: int, probe: LinearProbe, losses: list, meters: list) -> None:
-        history.append({"epoch": epoch, "val_top1": [m.top1 for m in meters]})
-        for i, (rec, loss, meter) in enumerate(zip(probe.records, losses, meters)):
-            log_file.write(json.dumps({"phase": "select", "epoch": epoch, "base_lr": rec.base_lr, "lr": rec.lr,
-                                       "train_loss": loss, "val_loss": meter.loss, "val_top1": meter.top1,
-                                       "val_top5": meter.top5}) + "\n")
-            if meter.top1 > best["top1"]:
-                best.update(top1=meter.top1, top5=meter.top5, epoch=epoch, base_lr=rec.base_lr, lr=rec.lr)
-                save_atomic({"head": probe.head_state(i), **meta, "epoch": epoch, "base_lr": rec.base_lr,
-                             "lr": rec.lr, "top1": meter.top1, "top5": meter.top5}, out_dir / "linear_best.pt")
-        shown = max(range(len(meters)), key=lambda j: meters[j].top1)
-        print(f"epoch {epoch + 1}/{args.epochs}  val top1 {meters[shown].top1:.2f} "
-              f"(base lr {probe.records[shown].base_lr:g})  best {best['top1']:.2f}", flush=True)
-
-    records = fit_probe(probe, lambda epoch: data.batches(None), lambda: feature_batches(
-        val_f, val_y, max(args.batch_size, 1024)), args.epochs, args.val_freq, on_epoch)
-    return {
-        "top1": best["top1"], "top5": best.get("top5"), "best_epoch": best.get("epoch"),
-        "best_base_lr": best.get("base_lr"), "best_lr": best.get("lr"),
-        "final_top1": max(r.final_top1 for r in records),
-        "per_lr": [r.as_dict() for r in records], "base_lrs": [r.base_lr for r in records],
-        "history": history,  # val top-1 per evaluated epoch, one value per base lr
-        "val_evaluations": len(history),
-        "epoch_reported": "best val top-1 over learning rates and epochs (DINO; selected on the reported split)",
-    }
-
-
-def _check_n_last_blocks(model: torch.nn.Module, name: str, n_blocks: int) -> None:
-    depth = intermediate_count(model)
-    if n_blocks > 0 and depth is not None and n_blocks > depth[0]:
-        raise UserError(f"--n-last-blocks {n_blocks} is more than the {depth[0]} {depth[1]} of {name}; "
-                        f"pass 0..{depth[0]}")
 
 
 class _CachedTrain:
@@ -248,9 +214,8 @@ class _CachedTrain:
         self.size = int(features.shape[0])
 
     def batches(self, indices: torch.Tensor | None) -> Iterator:
-        if indices is None:
-            return feature_batches(self.features, self.labels, self.batch_size, self.generator)
-        return feature_batches(self.features[indices], self.labels[indices], self.batch_size, self.generator)
+        features, labels = (self.features, self.labels) if indices is None else self.held_out_features(indices)
+        return feature_batches(features, labels, self.batch_size, self.generator)
 
     def held_out_features(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.features[indices], self.labels[indices]

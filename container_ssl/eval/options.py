@@ -2,12 +2,10 @@
 ``finetune``.
 
 Why: the three commands must read a checkpoint, find the data and pick the device the same way, so a
-user learns the flags once and each command's module holds its protocol only. :meth:`EvalContext.from_args`
-turns the parsed options into the backbone (the checkpoint is read once), the data and its transforms, the
-device, the output folder and the seeds. Anything not given on the command line comes from the run's
-PretrainConfig (data path and splits, image size, normalisation), so ``container-ssl knn --checkpoint
-runs/x/checkpoint.pt`` evaluates on the data the run was trained on. Results go next to the checkpoint
-(``<run>/eval``, :func:`container_ssl.run.eval_dir`), where ``container-ssl report`` looks for them.
+user learns the flags once and each command's module holds its protocol only. Anything not given on the
+command line comes from the run's PretrainConfig (data path and splits, image size, normalisation), so
+``container-ssl knn --checkpoint runs/x/checkpoint.pt`` evaluates on the data the run was trained on.
+Results go next to the checkpoint (``<run>/eval``), where ``container-ssl report`` looks for them.
 """
 
 from __future__ import annotations
@@ -40,25 +38,9 @@ __all__ = [
     "EvalContext",
     "add_checkpoint_args",
     "add_data_args",
-    "add_feature_cache_args",
     "add_runtime_args",
-    "fraction",
-    "non_negative_float",
-    "non_negative_int",
-    "positive_float",
-    "positive_int",
-    "probability",
-    "resolve_device",
     "write_json",
 ]
-
-
-positive_int = int_range(lo=1)
-non_negative_int = int_range(lo=0)
-positive_float = float_range(lo=0, lo_open=True)
-non_negative_float = float_range(lo=0)
-fraction = float_range(lo=0, hi=1, lo_open=True)  # (0, 1]
-probability = float_range(lo=0, hi=1)  # [0, 1]
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) -> argparse._ArgumentGroup:
@@ -71,7 +53,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) 
                    help="which network of a pretraining checkpoint to evaluate (default: teacher, as DINO)")
     g.add_argument("--model", default=None, metavar="NAME",
                    help="architecture; default: the checkpoint's config.model.name")
-    g.add_argument("--patch-size", type=positive_int, default=None,
+    g.add_argument("--patch-size", type=int_range(1), default=None,
                    help="DeiT patch size / Container stem stride; default: the checkpoint's config")
     return g
 
@@ -85,27 +67,26 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--val-split", default=None, help="default: config.data.val_split or 'val'")
     g.add_argument("--data-cache-dir", default=None, metavar="DIR",
                    help="where archives are extracted; default: config.data.cache_dir or ~/.cache/container-ssl")
-    g.add_argument("--img-size", type=positive_int, default=None,
+    g.add_argument("--img-size", type=int_range(1), default=None,
                    help="evaluation image size; default: the pretraining global crop size")
-    g.add_argument("--crop-ratio", type=fraction, default=None,
+    g.add_argument("--crop-ratio", type=float_range(0, 1, lo_open=True), default=None,
                    help="resize to img_size/crop_ratio then centre-crop (default 0.875, or 1.0 at <= 64 px)")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 256) -> None:
+def add_runtime_args(parser: argparse.ArgumentParser, batch_size: int = 256, feature_cache: bool = False) -> None:
+    """The ``runtime`` options, after the ``feature cache`` ones of the frozen evaluators (knn, linear)."""
+    if feature_cache:
+        g = parser.add_argument_group("feature cache")
+        g.add_argument("--feature-cache", default=None, metavar="DIR",
+                       help="folder of cached features, shared by knn and linear (default: <output-dir>/feature_cache)")
+        g.add_argument("--no-feature-cache", action="store_true", help="always recompute features")
     g = parser.add_argument_group("runtime")
-    g.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"default {batch_size}")
-    g.add_argument("--num-workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
+    g.add_argument("--batch-size", type=int_range(1), default=batch_size, help=f"default {batch_size}")
+    g.add_argument("--num-workers", type=int_range(0), default=min(4, os.cpu_count() or 1),
                    help="data-loading processes (default: min(4, CPU cores); 0 = in-process)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     g.add_argument("--output-dir", default=None, metavar="DIR", help="default: <checkpoint's folder>/eval")
-
-
-def add_feature_cache_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("feature cache")
-    g.add_argument("--feature-cache", default=None, metavar="DIR",
-                   help="folder of cached features, shared by knn and linear (default: <output-dir>/feature_cache)")
-    g.add_argument("--no-feature-cache", action="store_true", help="always recompute features")
 
 
 @dataclass
@@ -154,8 +135,10 @@ class EvalContext:
             model, info = scratch_backbone(ckpt, *shape, drop_path_rate=drop_path_rate)
         data = resolve_data(args, info)
         out = resolve_output_dir(args, args.checkpoint)
-        cache = resolve_feature_cache(args, out) if hasattr(args, "feature_cache") else ""
-        return cls(args=args, model=model, info=info, data=data, output_dir=out, device=resolve_device(args.device),
+        cache = ""
+        if hasattr(args, "feature_cache") and not getattr(args, "no_feature_cache", False):
+            cache = str(args.feature_cache or out / "feature_cache")
+        return cls(args=args, model=model, info=info, data=data, output_dir=out, device=pick_device(args.device),
                    feature_cache=cache, started=started)
 
     @property
@@ -172,15 +155,13 @@ class EvalContext:
         return {"checkpoint": i["checkpoint"], "checkpoint_sha256": i["sha256"],
                 "checkpoint_key": i["checkpoint_key"], "model": i["model"]}
 
-    def eval_transform(self) -> Any:
-        return eval_transform(self.data.img_size, self.data.mean, self.data.std, self.args.crop_ratio)
-
     def split(self, which: str, transform: Any = None) -> Any:
         """The ``train`` or ``val`` split's dataset (the centre-crop evaluation transform by default)."""
         d = self.data
-        return build_dataset(d.path, d.train_split if which == "train" else d.val_split,
-                             transform=self.eval_transform() if transform is None else transform, cache_dir=d.cache_dir,
-                             on_bad_image=d.on_bad_image)
+        if transform is None:
+            transform = eval_transform(d.img_size, d.mean, d.std, self.args.crop_ratio)
+        return build_dataset(d.path, d.train_split if which == "train" else d.val_split, transform=transform,
+                             cache_dir=d.cache_dir, on_bad_image=d.on_bad_image)
 
     def splits(self, train_transform: Any = None) -> tuple[Any, Any]:
         """Train and val datasets, refused when they do not list the same classes."""
@@ -231,17 +212,6 @@ def resolve_output_dir(args: argparse.Namespace, checkpoint: str | None) -> Path
     except OSError as e:
         raise UserError(f"cannot create output dir {out}: {e.strerror or e}") from None
     return out
-
-
-def resolve_feature_cache(args: argparse.Namespace, output_dir: Path) -> str:
-    """``--feature-cache DIR``, ``''`` with ``--no-feature-cache``, else ``<output-dir>/feature_cache``."""
-    if getattr(args, "no_feature_cache", False):
-        return ""
-    return str(getattr(args, "feature_cache", None) or output_dir / "feature_cache")
-
-
-def resolve_device(name: str) -> torch.device:
-    return pick_device(name)
 
 
 def write_json(path: Path, obj: Any) -> Path:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +66,7 @@ class HeadRecord:
     final_top5: float | None = None
 
     def as_dict(self) -> dict:
-        return {"base_lr": self.base_lr, "lr": self.lr, "best_top1": self.best_top1, "best_top5": self.best_top5,
-                "best_epoch": self.best_epoch, "final_top1": self.final_top1, "final_top5": self.final_top5}
+        return asdict(self)
 
 
 class LinearProbe:
@@ -96,9 +95,6 @@ class LinearProbe:
         torch.stack(losses).sum().backward()  # heads are disjoint: each gets only its own gradient
         self.optimizer.step()
         return [float(loss.detach()) for loss in losses]
-
-    def end_epoch(self) -> None:
-        self.scheduler.step()
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[TopK]:
@@ -136,7 +132,7 @@ def train_epoch(probe: LinearProbe, batches: Iterable[tuple[torch.Tensor, torch.
         for i, loss in enumerate(probe.train_step(features, labels)):
             sums[i] += loss
         steps += 1
-    probe.end_epoch()
+    probe.scheduler.step()
     if steps == 0:
         raise UserError("the linear probe got no training batch; is the train split empty?")
     return [s / steps for s in sums]
@@ -205,12 +201,7 @@ def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
     probe = LinearProbe(train_features.shape[1], num_classes, base_lrs, batch_size, epochs, device)
     train_features, train_labels = train_features.to(probe.device), train_labels.to(probe.device)
     generator = torch.Generator().manual_seed(seed)
-
-    def train_batches(epoch: int):
-        return feature_batches(train_features, train_labels, batch_size, generator)
-
-    def val_batches():
-        return feature_batches(val_features, val_labels, max(batch_size, 1024))
-
-    records = fit_probe(probe, train_batches, val_batches, epochs, val_freq, on_epoch)
+    records = fit_probe(probe, lambda epoch: feature_batches(train_features, train_labels, batch_size, generator),
+                        lambda: feature_batches(val_features, val_labels, max(batch_size, 1024)),
+                        epochs, val_freq, on_epoch)
     return probe, records

@@ -7,7 +7,7 @@ Anything missing or unreadable is shown as ``–`` (and listed under the table) 
 reports are often made while some evaluations are still running.
 
 Plots (matplotlib ``Figure`` objects on the Agg canvas, no display needed): kNN top-1 by ``k``, the online
-kNN top-1 over pretraining epochs, and the pretraining loss over iterations.
+kNN top-1, RankMe and the dynamic share alpha over pretraining epochs, and the pretraining loss over iterations.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..run import FINETUNE_PREFIX, KNN_REPORT, LINEAR_REPORT, RunLayout
+from ..run import EVAL_DIR, FINETUNE_PREFIX, KNN_REPORT, LINEAR_REPORT, METRICS, SUMMARY
 
 DASH = "–"
 
@@ -80,15 +80,15 @@ def load_run(path: Path) -> RunData:
     """Read a run folder's JSON files; a missing folder is an error, missing files are not."""
     if not path.is_dir():
         raise UserError(f"run folder not found: {path}")
-    run, layout = RunData(path=path, name=path.resolve().name), RunLayout(path)
-    run.summary = _read_json(layout.summary, run)
-    run.knn = _read_json(layout.eval_dir / KNN_REPORT, run)
-    run.linear = _read_json(layout.eval_dir / LINEAR_REPORT, run)
-    for f in layout.finetune_reports():
+    run = RunData(path=path, name=path.resolve().name)
+    run.summary = _read_json(path / SUMMARY, run)
+    run.knn = _read_json(path / EVAL_DIR / KNN_REPORT, run)
+    run.linear = _read_json(path / EVAL_DIR / LINEAR_REPORT, run)
+    for f in sorted((path / EVAL_DIR).glob(f"{FINETUNE_PREFIX}*.json")):
         data = _read_json(f, run)
         if data:
             run.finetune[str(data.get("tag") or f.stem[len(FINETUNE_PREFIX):])] = data
-    metrics = layout.metrics
+    metrics = path / METRICS
     if metrics.is_file():
         bad = 0
         for line in metrics.read_text(errors="replace").splitlines():
@@ -119,7 +119,8 @@ def render_markdown(runs: list[RunData], plots: dict[str, bool], title: str) -> 
     ks = sorted({k for r in runs for k in r.knn_top1()})
     tags = sorted({t for r in runs for t in r.finetune}, key=_tag_order)
     rows: list[tuple[str, list[str]]] = [
-        ("backbone", [str(r.summary.get("model") or r.knn.get("model") or r.linear.get("model") or DASH) for r in runs]),
+        ("backbone", [str(r.summary.get("model") or r.knn.get("model") or r.linear.get("model") or DASH)
+                      for r in runs]),
         ("params (M)", [_fmt(r.summary.get("params"), scale=1e-6) for r in runs]),
         ("GMACs", [_fmt(r.summary.get("gmacs"), digits=3) for r in runs]),
         ("image size", [_fmt(r.summary.get("img_size"), digits=0) for r in runs]),
@@ -151,10 +152,8 @@ def render_markdown(runs: list[RunData], plots: dict[str, bool], title: str) -> 
                 "rank_knn.png": "label-free RankMe against the online kNN",
                 "alpha.png": "dynamic share alpha = sigmoid(m) per mixed block"}
     for name, caption in captions.items():
-        if plots.get(name):
-            lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
-        else:
-            lines += [f"## {caption}", "", f"{DASH} (no data in these runs)", ""]
+        body = f"![{caption}]({name})" if plots.get(name) else f"{DASH} (no data in these runs)"
+        lines += [f"## {caption}", "", body, ""]
     lines += ["## Sources", ""]
     for r in runs:
         notes = "; ".join(r.problems) if r.problems else "all files present"
@@ -178,18 +177,12 @@ def plot_knn_by_k(runs: list[RunData], path: Path) -> bool:
 
 
 def plot_online_knn(runs: list[RunData], path: Path) -> bool:
-    if not any(r.online_knn for r in runs):
-        return False
-    fig, ax = _figure()
+    series = {}
     for r in runs:
         if r.online_knn:
-            points = sorted((e + 1, v) for e, _, v in r.online_knn)  # 1-based: after epoch N
             k = r.online_knn[-1][1]
-            ax.plot([e for e, _ in points], [v for _, v in points], marker="o", markersize=3,
-                    label=f"{r.name} (k={k})" if k is not None else r.name)
-    from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _save(fig, ax, path, "pretraining epoch", "online kNN top-1 (%)", "Online kNN during pretraining")
+            series[f"{r.name} (k={k})" if k is not None else r.name] = [(e + 1, v) for e, _, v in r.online_knn]
+    return _plot_epochs(series, path, "online kNN top-1 (%)", "Online kNN during pretraining")
 
 
 def plot_train_loss(runs: list[RunData], path: Path) -> bool:
@@ -199,8 +192,7 @@ def plot_train_loss(runs: list[RunData], path: Path) -> bool:
     for r in runs:
         if not r.train_loss:
             continue
-        points = sorted(r.train_loss)
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        xs, ys = zip(*sorted(r.train_loss))
         line, = ax.plot(xs, ys, alpha=0.3, linewidth=0.8)
         if len(ys) >= 10:
             smooth = _moving_average(ys, max(2, len(ys) // 20))
@@ -235,10 +227,8 @@ def plot_rank_and_knn(runs: list[RunData], path: Path) -> bool:
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _save(fig, ax, path, "pretraining epoch", "RankMe (effective rank), solid", "RankMe and online kNN")
-    ax.legend(handles=handles, fontsize=7)
-    fig.savefig(path)
-    return True
+    return _save(fig, ax, path, "pretraining epoch", "RankMe (effective rank), solid", "RankMe and online kNN",
+                 handles=handles)
 
 
 def plot_alpha(runs: list[RunData], path: Path) -> bool:
@@ -249,15 +239,21 @@ def plot_alpha(runs: list[RunData], path: Path) -> bool:
             alpha = m.get("alpha")
             for block, value in (alpha.items() if isinstance(alpha, dict) else ()):
                 if _is_number(value):
-                    lines.setdefault(f"{r.name} {block}", []).append((m["epoch"] + 1, float(value)))
-    if not lines:
+                    label = f"{r.name} {block}".replace(".mixer", "")
+                    lines.setdefault(label, []).append((m["epoch"] + 1, float(value)))
+    return _plot_epochs(lines, path, "alpha (share of attention)", "Dynamic affinity share")
+
+
+def _plot_epochs(series: dict[str, list], path: Path, ylabel: str, title: str) -> bool:
+    """One line per label over pretraining epochs (1-based: after epoch N); False, and no file, without data."""
+    if not series:
         return False
     fig, ax = _figure()
-    for label, points in lines.items():
-        ax.plot(*zip(*sorted(points)), marker="o", markersize=3, label=label.replace(".mixer", ""))
+    for label, points in series.items():
+        ax.plot(*zip(*sorted(points)), marker="o", markersize=3, label=label)
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _save(fig, ax, path, "pretraining epoch", "alpha (share of attention)", "Dynamic affinity share")
+    return _save(fig, ax, path, "pretraining epoch", ylabel, title)
 
 
 def _figure():
@@ -266,12 +262,13 @@ def _figure():
     return fig, fig.add_subplot()
 
 
-def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> bool:
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str, handles: list | None = None) -> bool:
+    """Label and lay out the figure and write it; ``handles`` makes the legend (lines of a twin axis too)."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, fontsize=7 if handles else 8)
     fig.tight_layout()
     fig.savefig(path)
     return True

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..argtypes import int_range
+from ..distributed import pick_device
 from ..errors import UserError
 from ..models.affinity_probe import (
     attention_entropy,
@@ -39,7 +41,7 @@ from ..models.affinity_probe import (
     static_kernels,
 )
 from .backbone import load_backbone, preprocessing
-from .options import add_checkpoint_args, positive_int, resolve_device, write_json
+from .options import add_checkpoint_args, write_json
 
 __all__ = ["dino_mask", "load_image", "query_index", "visualize"]
 
@@ -51,14 +53,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_args(parser)
     parser.add_argument("--images", nargs="+", required=True, metavar="IMG", help="image files (PNG, JPEG ...)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--img-size", type=positive_int, default=None,
+    parser.add_argument("--img-size", type=int_range(1), default=None,
                         help="images are resized to this square size; default: the run's global crop size")
     parser.add_argument("--query", nargs="+", default=["0.5,0.5"], metavar="ROW,COL",
                         help="Container query points as fractions of the height and width (default: the centre)")
     parser.add_argument("--threshold", type=float, default=None, metavar="MASS",
                         help="DeiT: also draw DINO's mask keeping the top MASS of the CLS attention (e.g. 0.6)")
-    parser.add_argument("--samples", type=positive_int, default=8, help="kernel channels shown per stage")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--samples", type=int_range(1), default=8, help="kernel channels shown per stage")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="default: cuda when available")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     net, info = load_backbone(args.checkpoint, args.checkpoint_key, args.model, patch_size=args.patch_size)
     img_size, mean, std = preprocessing(info, args.img_size)
     summary = visualize(net, [Path(p) for p in args.images], Path(args.out), img_size, mean, std, queries,
-                        threshold=args.threshold, samples=args.samples, device=resolve_device(args.device))
+                        threshold=args.threshold, samples=args.samples, device=pick_device(args.device))
     summary.update({"checkpoint": info["checkpoint"], "checkpoint_key": info["checkpoint_key"],
                     "model": info["model"]})
     path = write_json(Path(args.out) / "affinity.json", summary)
@@ -108,14 +111,15 @@ def visualize(net: torch.nn.Module, images: list[Path], out: Path, img_size: int
     if kernels:
         _kernel_figure(kernels, spread, samples).savefig(out / "kernels.png")
         files.append("kernels.png")
-    heads = np.mean([v for v in entropies.values()], axis=0).tolist()
+    heads = np.mean(list(entropies.values()), axis=0).tolist()
+    tokens = maps.grid[0] * maps.grid[1] + maps.prefix
     return {
         "img_size": img_size,
         "block": maps.block,
-        "tokens": maps.grid[0] * maps.grid[1] + maps.prefix,
+        "tokens": tokens,
         "alpha": alpha,
-        "attention_entropy": {"per_head": heads, "max": math.log(maps.grid[0] * maps.grid[1] + maps.prefix),
-                              "per_image": entropies, "unit": "nats, mean over queries"},
+        "attention_entropy": {"per_head": heads, "max": math.log(tokens), "per_image": entropies,
+                              "unit": "nats, mean over queries"},
         "kernel_spread": spread,
         "kernel_spread_per_block": {n: kernel_spread(w) for ks in kernels.values() for n, w in ks},
         "files": files,
@@ -197,8 +201,7 @@ def _figure(rows: int, cols: int) -> tuple[Any, np.ndarray]:
 def _container_figure(pixels: torch.Tensor, attn: torch.Tensor, grid: tuple[int, int],
                       queries: list[tuple[float, float]], alpha: dict[str, float]) -> Any:
     heads = attn.shape[0]
-    cols = max(len(queries) + 1, 2)
-    fig, axes = _figure(heads + 1, cols)
+    fig, axes = _figure(heads + 1, max(len(queries) + 1, 2))
     size = pixels.shape[-1]
     axes[0, 0].imshow(pixels.permute(1, 2, 0).numpy())
     for row, col in queries:
@@ -225,9 +228,7 @@ def _vit_figure(pixels: torch.Tensor, attn: torch.Tensor, grid: tuple[int, int],
                 threshold: float | None) -> Any:
     heads = attn.shape[0]
     cls = attn[:, 0, prefix:]  # (heads, patches): the CLS query over the patch tokens
-    per_row = 1 + heads
-    rows = 2 if threshold is not None else 1
-    fig, axes = _figure(rows, per_row)
+    fig, axes = _figure(1 if threshold is None else 2, 1 + heads)
     axes[0, 0].imshow(pixels.permute(1, 2, 0).numpy())
     axes[0, 0].set_title("image", fontsize=7)
     for h in range(heads):
@@ -245,8 +246,7 @@ def _kernel_figure(kernels: dict[int, list[tuple[str, torch.Tensor]]], spread: d
     stages = sorted(kernels)
     fig, axes = _figure(len(stages), 1 + samples)
     for r, s in enumerate(stages):
-        weights = torch.cat([w for _, w in kernels[s]])[:, 0]  # (C_total, k, k)
-        mean_abs = weights.abs().mean(0)
+        mean_abs = torch.cat([w for _, w in kernels[s]])[:, 0].abs().mean(0)  # over all channels of the stage
         axes[r, 0].imshow(mean_abs.numpy(), cmap="viridis")
         axes[r, 0].set_title(f"stage {s + 1}: mean |w|\nspread {spread[f'stage{s}']:.2f} px", fontsize=7)
         first = kernels[s][0][1][:, 0]

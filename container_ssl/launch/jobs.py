@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from ..commands import COMMANDS
-from ..distributed import cleanup
+from ..distributed import barrier, cleanup, max_over_ranks
 from ..errors import EXPECTED_ERRORS, UserError
 from ..run import CHECKPOINT
 
@@ -86,8 +86,7 @@ def limit_threads() -> None:
     """One intra-op thread pool per task sized to its CPUs, so tasks sharing a node do not oversubscribe."""
     if os.environ.get("OMP_NUM_THREADS"):
         return
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus:
+    if cpus := os.environ.get("SLURM_CPUS_PER_TASK"):
         torch.set_num_threads(max(1, int(cpus)))
     elif os.environ.get("SUBMITIT_EXECUTOR") == "local":
         tasks = int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1"))
@@ -96,11 +95,6 @@ def limit_threads() -> None:
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _flush() -> None:
@@ -165,13 +159,9 @@ class PreemptionGuard:
 
     def stop_requested(self) -> bool:
         """Polled by the trainer after every step, on every rank: stop when any rank caught the signal."""
-        flag = self.requested
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
-                else torch.device("cpu")
-            t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
+        nccl = dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        flag = bool(max_over_ranks([int(self.requested)], device)[0])
         if flag:
             with self._lock:
                 if not self._handed_over:
@@ -187,7 +177,8 @@ class PreemptionGuard:
             return
         with self._lock:
             if self._handed_over:       # the fallback is requeueing: it ends this process
-                self._wait_for_exit()
+                while True:
+                    time.sleep(1)
             self._closed = True         # a late fallback must not requeue a run that has ended
             if not self.stopped:
                 return
@@ -200,7 +191,7 @@ class PreemptionGuard:
                 self._submitit_handler(self.signum, None)
         finally:
             _flush()
-            _barrier()  # the other ranks leave only after rank 0 has requeued the job
+            barrier()  # the other ranks leave only after rank 0 has requeued the job
         raise SystemExit(-1)
 
     def _fallback(self) -> None:
@@ -227,11 +218,6 @@ class PreemptionGuard:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-    @staticmethod
-    def _wait_for_exit() -> None:
-        while True:
-            time.sleep(1)
 
 
 # ------------------------------------------------------------------------------------------------ job
@@ -314,9 +300,7 @@ class CommandJob(submitit.helpers.Checkpointable):
         """``--resume``/``--no-resume`` apply to the first start; a requeue continues from this job's save."""
         if not self.fingerprinted:
             self.initial_checkpoint, self.fingerprinted = _fingerprint(latest), True
-            return self.resume, self.auto_resume
-        now = _fingerprint(latest)
-        if now is not None and now != self.initial_checkpoint:
+        elif (now := _fingerprint(latest)) is not None and now != self.initial_checkpoint:
             return None, True
         return self.resume, self.auto_resume
 

@@ -71,9 +71,9 @@ job resumes from that checkpoint (same metrics.jsonl and TensorBoard run). Evalu
 
 # ----------------------------------------------------------------------------------------------- CLI
 def _add_options(p: argparse.ArgumentParser) -> None:
-    """The submit options. No defaults here: they depend on the command and are resolved in :func:`plan`."""
+    """The submit options; the defaults that depend on the command (GPUs, tasks, CPUs) are resolved in :func:`plan`."""
     g = p.add_argument_group("where")
-    g.add_argument("--cluster", choices=("slurm", "local", "auto"),
+    g.add_argument("--cluster", choices=("slurm", "local", "auto"), default="slurm",
                    help="slurm (default): sbatch through submitit; local: N processes on this machine "
                         "(submitit's LocalExecutor, for machines without SLURM); auto: slurm when sbatch is "
                         "on PATH, else local")
@@ -89,7 +89,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
                         "from every node (default: OUTPUT_DIR/submitit)")
     g.add_argument("--name", help="job name (default: container-ssl-COMMAND)")
     r = p.add_argument_group("resources")
-    r.add_argument("--nodes", type=int_range(1), help="nodes (default 1)")
+    r.add_argument("--nodes", type=int_range(1), default=1, help="nodes (default 1)")
     r.add_argument("--gpus-per-node", type=int_range(0),
                    help="GPUs per node (default: 0 when the command runs on the CPU, i.e. device=cpu, else 1)")
     r.add_argument("--tasks-per-node", type=int_range(1),
@@ -99,16 +99,16 @@ def _add_options(p: argparse.ArgumentParser) -> None:
                    help="CPUs per process (default: data-loading workers + 1)")
     r.add_argument("--mem-gb", type=_MEMORY_GB, help="memory per node in GB (default: the partition's)")
     t = p.add_argument_group("time limit and preemption")
-    t.add_argument("--timeout-min", type=int_range(1),
+    t.add_argument("--timeout-min", type=int_range(1), default=DEFAULT_TIMEOUT_MIN,
                    help=f"time limit in minutes (default {DEFAULT_TIMEOUT_MIN} = 3 days); a job that reaches "
                         "it is requeued and continues")
-    t.add_argument("--signal-delay-s", type=int_range(1, SLURM_MAX_SIGNAL_DELAY_S),
+    t.add_argument("--signal-delay-s", type=int_range(1, SLURM_MAX_SIGNAL_DELAY_S), default=DEFAULT_SIGNAL_DELAY_S,
                    help=f"SLURM sends USR2 this many seconds before the time limit (default "
                         f"{DEFAULT_SIGNAL_DELAY_S}). Within this window pretraining must finish its current "
                         "step, write checkpoint.pt and requeue: make it larger than a step plus a checkpoint "
                         "write. If no step ends within half of it, the job is requeued from the last saved "
                         "checkpoint instead (see checkpoint_every_steps)")
-    t.add_argument("--max-timeouts", type=int_range(0),
+    t.add_argument("--max-timeouts", type=int_range(0), default=DEFAULT_MAX_TIMEOUTS,
                    help=f"requeues after reaching the time limit before giving up (default "
                         f"{DEFAULT_MAX_TIMEOUTS}); preemptions do not count")
     p.add_argument("--dry-run", action="store_true",
@@ -137,25 +137,21 @@ def _option_error(message: str) -> str:
     return f"submit: {message}; see `container-ssl submit --help`"
 
 
-def run(args: argparse.Namespace) -> int:
-    if any(a in ("-h", "--help") for a in args.command_args or []):
-        print_help(args.submit_command)
-        return 0
-    p = plan(args)
-    if p.dry_run:
-        print(render(p))
-        return 0
-    job = launch(p)
-    print(submitted_message(p, job))
-    return 0
-
-
-def print_help(command: str) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="container-ssl submit", allow_abbrev=False)
     configure_parser(parser)
-    parser.print_help()
-    print(f"\n--- arguments of `container-ssl {command}` ---")
-    command_parser(command).print_help()
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if any(a in ("-h", "--help") for a in args.command_args or []):  # submit's options, then the command's own
+        _parser().print_help()
+        print(f"\n--- arguments of `container-ssl {args.submit_command}` ---")
+        command_parser(args.submit_command).print_help()
+        return 0
+    p = plan(args)
+    print(render(p) if p.dry_run else submitted_message(p, launch(p)))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -163,7 +159,6 @@ def print_help(command: str) -> None:
 class Plan:
     """A validated submission: what runs, where, with which resources."""
 
-    command: str
     argv: list[str]
     cluster: str
     job: CommandJob
@@ -202,10 +197,9 @@ class Plan:
         if self.gpus_per_node:  # an explicit 0 is refused by clusters without GPUs (gres)
             params["gpus_per_node"] = self.gpus_per_node
         if self.mem_gb is not None:
-            params["mem"] = _mem(self.mem_gb)
-        for key in ("partition", "account", "qos", "constraint"):
-            if getattr(self, key):
-                params[key] = getattr(self, key)
+            gb = self.mem_gb
+            params["mem"] = f"{int(gb)}GB" if gb == int(gb) else f"{int(gb * 1024)}MB"
+        params.update({k: getattr(self, k) for k in ("partition", "account", "qos", "constraint") if getattr(self, k)})
         if self.extra:
             params["additional_parameters"] = dict(self.extra)
         return params
@@ -213,35 +207,32 @@ class Plan:
 
 def plan_from_argv(argv: Sequence[str]) -> Plan:
     """The plan for ``container-ssl submit ARGV`` (what :func:`run` does, minus printing/submitting)."""
-    parser = argparse.ArgumentParser(prog="container-ssl submit", allow_abbrev=False)
-    configure_parser(parser)
-    return plan(parser.parse_args(list(argv)))
+    return plan(_parser().parse_args(list(argv)))
 
 
 def plan(args: argparse.Namespace) -> Plan:
     """Parse the command's arguments, resolve defaults and check everything that can be checked here."""
     opts, command_argv = _split_options(args)
     command = args.submit_command
-    _refuse_control_characters([*_option_values(opts), *_argv_values(command, command_argv),
-                                ("the working directory", os.getcwd())])
-    cluster = opts.cluster or "slurm"
+    texts = ("name", "partition", "account", "qos", "constraint", "job_dir")  # the options that reach sbatch as text
+    _refuse_control_characters([*((f"--{key.replace('_', '-')}", getattr(opts, key)) for key in texts),
+                                *(("--slurm-extra", item) for item in opts.slurm_extra or []),
+                                *_argv_values(command, command_argv), ("the working directory", os.getcwd())])
+    cluster = opts.cluster
     if cluster == "auto":
         cluster = "slurm" if shutil.which("sbatch") else "local"
     cmd_args = command_parser(command).parse_args(command_argv)
     target = _pretrain_target(cmd_args) if command == "pretrain" else _eval_target(command, cmd_args)
 
-    nodes = opts.nodes or 1
     gpus = opts.gpus_per_node
     if gpus is None:
         gpus = 0 if target.device == "cpu" else 1
         if cluster == "local" and target.device == "auto":
             gpus = min(1, _local_gpus())
     tasks = opts.tasks_per_node or (gpus if command == "pretrain" and gpus > 0 else 1)
-    timeout_min = opts.timeout_min or DEFAULT_TIMEOUT_MIN
-    delay = opts.signal_delay_s or DEFAULT_SIGNAL_DELAY_S
-    notes: list[str] = list(target.notes)
+    timeout_min, delay, notes = opts.timeout_min, opts.signal_delay_s, target.notes
 
-    _check_resources(command, target.device, cluster, nodes, gpus, tasks)
+    _check_resources(command, target.device, cluster, opts.nodes, gpus, tasks)
     if delay >= timeout_min * 60:
         raise UserError(f"--signal-delay-s {delay} is not shorter than the time limit ({timeout_min} min): the "
                         "job would be signalled before it starts; lower --signal-delay-s or raise --timeout-min")
@@ -259,8 +250,7 @@ def plan(args: argparse.Namespace) -> Plan:
                             "SLURM login node, or use --cluster local")
 
     output_dir = target.output_dir
-    job_dir = Path(opts.job_dir).expanduser() if opts.job_dir else output_dir / "submitit"
-    job_dir = job_dir.absolute()
+    job_dir = (Path(opts.job_dir).expanduser() if opts.job_dir else output_dir / "submitit").absolute()
     # the output dir may come from the YAML config, the job dir from it or from $HOME (expanduser)
     _refuse_control_characters([("output_dir" if command == "pretrain" else "--output-dir", str(output_dir)),
                                 ("--job-dir", str(job_dir))])
@@ -269,33 +259,28 @@ def plan(args: argparse.Namespace) -> Plan:
 
     job = CommandJob(command, command_argv, cwd=os.getcwd(), config=target.config, resume=target.resume,
                      auto_resume=target.auto_resume, signal_delay_s=delay)
-    return Plan(command=command, argv=command_argv, cluster=cluster, job=job, output_dir=output_dir,
-                job_dir=job_dir, name=opts.name or f"container-ssl-{command}", nodes=nodes, tasks_per_node=tasks,
-                gpus_per_node=gpus, cpus_per_task=opts.cpus_per_task or target.workers + 1,
-                timeout_min=timeout_min, signal_delay_s=delay,
-                max_timeouts=DEFAULT_MAX_TIMEOUTS if opts.max_timeouts is None else opts.max_timeouts,
-                mem_gb=opts.mem_gb, partition=partition, account=opts.account, qos=opts.qos,
-                constraint=opts.constraint, extra=_parse_extra(opts.slurm_extra or []), dry_run=bool(opts.dry_run),
-                notes=notes)
+    return Plan(argv=command_argv, cluster=cluster, job=job, output_dir=output_dir, job_dir=job_dir,
+                name=opts.name or f"container-ssl-{command}", nodes=opts.nodes, tasks_per_node=tasks,
+                gpus_per_node=gpus, cpus_per_task=opts.cpus_per_task or target.workers + 1, timeout_min=timeout_min,
+                signal_delay_s=delay, max_timeouts=opts.max_timeouts, mem_gb=opts.mem_gb, partition=partition,
+                account=opts.account, qos=opts.qos, constraint=opts.constraint,
+                extra=_parse_extra(opts.slurm_extra or []), dry_run=opts.dry_run, notes=notes)
 
 
 def _split_options(args: argparse.Namespace) -> tuple[argparse.Namespace, list[str]]:
-    """Submit options may also follow COMMAND: take them out of its arguments (later ones win)."""
-    later = argparse.ArgumentParser(add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    """Submit options may also follow COMMAND: take them out of its arguments.
+
+    They are parsed into a copy of the options given before COMMAND, so argparse keeps those (and their
+    defaults) unless given again: later ones win, and --slurm-extra appends.
+    """
+    later = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     _add_options(later)
 
     def error(message: str) -> None:
         raise UserError(_option_error(message))
 
     later.error = error  # type: ignore[method-assign]
-    found, rest = later.parse_known_args(list(args.command_args or []))
-    skip = ("command_args", "_run", "command", "submit_command")
-    opts = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in skip})
-    for key, value in vars(found).items():
-        if key == "slurm_extra":
-            value = list(getattr(opts, key) or []) + list(value)
-        setattr(opts, key, value)
-    return opts, rest
+    return later.parse_known_args(list(args.command_args or []), namespace=argparse.Namespace(**vars(args)))
 
 
 @dataclass
@@ -374,9 +359,7 @@ def _local_gpus() -> int:
 
 def slurm_partitions() -> list[tuple[str, bool]] | None:
     """``(name, is_default)`` for each partition from ``sinfo``; None when sinfo is missing or fails."""
-    if not shutil.which("sinfo"):
-        return None
-    try:
+    try:  # no sinfo on PATH is an OSError too
         out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30, check=True)
     except (subprocess.SubprocessError, OSError):
         return None
@@ -404,9 +387,7 @@ def _check_partition(partition: str | None) -> str | None:
 def _check_writable(path: Path, what: str, hint: str) -> None:
     """Probe the folder (or its nearest existing parent) for writing; creates nothing."""
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
         raise UserError(f"{what} {path} cannot be created: {probe} is not a folder; {hint}")
@@ -424,18 +405,10 @@ def _control_character(value: str) -> str | None:
 def _refuse_control_characters(named: Iterable[tuple[str, str | None]]) -> None:
     """Refuse a value with a control character (``\\n``, ``\\r``, ``\\t``, NUL, ESC...), naming its option."""
     for name, value in named:
-        char = _control_character(value) if value is not None else None
-        if char is not None:
+        if char := _control_character(value or ""):
             shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
             raise UserError(f"{name} {shown}: control character {char!r} not allowed (in the sbatch script a "
                             "newline would end the #SBATCH line and run the rest as shell); remove it")
-
-
-def _option_values(opts: argparse.Namespace) -> list[tuple[str, str | None]]:
-    """The submit options that reach sbatch as text."""
-    named = [(f"--{key.replace('_', '-')}", getattr(opts, key, None))
-             for key in ("name", "partition", "account", "qos", "constraint", "job_dir")]
-    return named + [("--slurm-extra", item) for item in getattr(opts, "slurm_extra", None) or []]
 
 
 def _argv_values(command: str, argv: list[str]) -> list[tuple[str, str | None]]:
@@ -474,10 +447,6 @@ def _parse_extra(items: list[str]) -> dict[str, Any]:
     return extra
 
 
-def _mem(gb: float) -> str:
-    return f"{int(gb)}GB" if gb == int(gb) else f"{int(gb * 1024)}MB"
-
-
 # ------------------------------------------------------------------------------------- render/launch
 def sbatch_script(p: Plan) -> str:
     """The sbatch script submitit would write for this plan (built by submitit itself)."""
@@ -501,29 +470,21 @@ def render(p: Plan) -> str:
     return "\n".join(lines)
 
 
-def make_executor(p: Plan) -> Any:
-    import submitit
-
-    if p.cluster == "local":
-        executor = submitit.LocalExecutor(folder=p.job_dir, max_num_timeout=p.max_timeouts)
-    else:
-        executor = submitit.SlurmExecutor(folder=p.job_dir, max_num_timeout=p.max_timeouts)
-    try:
-        executor.update_parameters(**p.parameters())
-    except ValueError as e:
-        raise UserError(f"submitit refused the job parameters: {str(e).splitlines()[0]}") from None
-    return executor
-
-
 def launch(p: Plan) -> Any:
     """Submit the plan; returns the submitit job without waiting for it."""
+    import submitit
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     try:
         p.job_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create --job-dir {p.job_dir}: {e.strerror or e}; pass another --job-dir") from None
-    executor = make_executor(p)
+    executor = (submitit.LocalExecutor if p.cluster == "local" else submitit.SlurmExecutor)(
+        folder=p.job_dir, max_num_timeout=p.max_timeouts)
+    try:
+        executor.update_parameters(**p.parameters())
+    except ValueError as e:
+        raise UserError(f"submitit refused the job parameters: {str(e).splitlines()[0]}") from None
     try:
         return executor.submit(p.job)
     except (FailedJobError, FailedSubmissionError) as e:

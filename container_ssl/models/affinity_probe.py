@@ -74,23 +74,17 @@ def last_attention(model: nn.Module, x: torch.Tensor) -> AttentionMaps:
 
     Container: the last block of the last stage that has a dynamic affinity. ViT (timm): the last block.
     """
-    target, kind = _last_attention_module(model)
+    name, attn_module = _last_attention_module(model)
     captured: dict[str, torch.Tensor] = {}
-
-    def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        captured["qkv"] = output
-
-    handle = target[1].register_forward_hook(hook)
+    handle = attn_module.qkv.register_forward_hook(lambda _module, _inputs, output: captured.update(qkv=output))
     try:
         with torch.no_grad():
             model(x)
     finally:
         handle.remove()
     qkv = captured["qkv"]
-    if kind == "container":
-        mixer = target[2]
-        return AttentionMaps(mixer.attention_map(qkv), tuple(qkv.shape[-2:]), 0, target[0])
-    attn_module = target[2]
+    if isinstance(attn_module, AffinityMixer):
+        return AttentionMaps(attn_module.attention_map(qkv), tuple(qkv.shape[-2:]), 0, name)
     b, n, _ = qkv.shape
     q, k, _ = qkv.reshape(b, n, 3, attn_module.num_heads, attn_module.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn_module.q_norm(q), attn_module.k_norm(k)
@@ -100,11 +94,11 @@ def last_attention(model: nn.Module, x: torch.Tensor) -> AttentionMaps:
     grid = (x.shape[-2] // patch[0], x.shape[-1] // patch[1])
     if grid[0] * grid[1] != n - prefix:
         raise InvalidArgument(f"cannot map {n - prefix} attention tokens onto a {grid[0]}x{grid[1]} patch grid")
-    return AttentionMaps(attn, grid, prefix, target[0])
+    return AttentionMaps(attn, grid, prefix, name)
 
 
-def _last_attention_module(model: nn.Module) -> tuple[tuple[str, nn.Module, nn.Module], str]:
-    """((block name, module to hook, attention module), kind)."""
+def _last_attention_module(model: nn.Module) -> tuple[str, nn.Module]:
+    """(block name, attention module): a Container :class:`AffinityMixer` or a timm ViT ``Attention``."""
     stages = getattr(model, "stages", None)
     if stages is not None:
         last = len(stages) - 1
@@ -113,11 +107,10 @@ def _last_attention_module(model: nn.Module) -> tuple[tuple[str, nn.Module, nn.M
         if not dynamic:
             raise InvalidArgument(f"{type(model).__name__} has no attention (dynamic affinity) in its last stage; "
                                   "visualize needs a model with an attention, mix or pam stage 4")
-        name, mixer = dynamic[-1]
-        return (name, mixer.qkv, mixer), "container"
+        return dynamic[-1]
     blocks = getattr(model, "blocks", None)
     attn = getattr(blocks[-1], "attn", None) if blocks is not None and len(blocks) else None
     if attn is None or not hasattr(attn, "qkv"):
         raise InvalidArgument(f"{type(model).__name__} is neither a Container nor a timm ViT; "
                               "visualize supports the backbones listed by `container-ssl models`")
-    return (f"blocks.{len(blocks) - 1}.attn", attn.qkv, attn), "vit"
+    return f"blocks.{len(blocks) - 1}.attn", attn

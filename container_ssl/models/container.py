@@ -144,7 +144,6 @@ class Container(nn.Module):
         if stem_stride < 1:
             raise InvalidArgument(f"stem_stride must be a positive integer, got {stem_stride!r}")
 
-        self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.stem_stride = stem_stride
         self.total_stride = stem_stride * 2 ** (num_stages - 1)
@@ -175,19 +174,7 @@ class Container(nn.Module):
 
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        """Released-model init: Linear trunc-normal(0.02) / zero bias, LayerNorm 1 / 0, convs as PyTorch."""
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.reset_classifier(num_classes)
 
     # ---- timm interface -------------------------------------------------------------------------------
 
@@ -220,12 +207,18 @@ class Container(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head (0 = no head: ``forward`` returns the pooled feature) and optionally the pool."""
+        """Replace the head (0 = no head: ``forward`` returns the pooled feature) and optionally the pool.
+
+        The head is the model's only Linear: it alone gets the released model's init (trunc-normal 0.02, zero
+        bias); the other layers keep their own.
+        """
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights(self.head)
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
 
     def _check_input(self, x: torch.Tensor) -> None:
         """Fail early, in words, when the patch embeddings would silently crop the input."""
@@ -334,6 +327,7 @@ _SMALL = {"dims": (64, 128, 320, 512), "depths": (3, 4, 8, 3), "mlp_ratios": (8,
 _TINY = {"dims": (32, 64, 128, 256), "depths": (1, 1, 3, 1), "mlp_ratios": 4}
 _SMALL_HEADS = (1, 2, 5, 8)  # 64-channel heads, as in the paper's CONTAINER
 _TINY_HEADS = (1, 2, 4, 8)   # 32-channel heads, as in container_light_tiny's stage 4
+_LIGHT = ("conv", "conv", "conv", "mix")  # CONTAINER-LIGHT: static conv affinities, attention mixed in at stage 4
 
 default_cfgs = generate_default_cfgs({
     name: _cfg() for name in (
@@ -345,63 +339,59 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_container(variant: str, pretrained: bool = False, **kwargs) -> Container:
+def _create_container(variant: str, pretrained: bool, kwargs: dict, **model_args) -> Container:
+    """Build ``variant`` from its ``model_args``; the caller's ``kwargs`` (img_size, stem_stride ...) win."""
     return build_model_with_cfg(
         Container, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg={"out_indices": (0, 1, 2, 3), "feature_cls": "getter"},
-        **kwargs,
+        **dict(model_args, **kwargs),
     )
 
 
 @register_model
 def container_light_small(pretrained: bool = False, **kwargs) -> Container:
     """CONTAINER-LIGHT exactly as released (20,633,643 params, 3.85 GMACs at 224 px)."""
-    model_args = dict(_SMALL, affinities=("conv", "conv", "conv", "mix"), num_heads=16)
-    return _create_container("container_light_small", pretrained, **dict(model_args, **kwargs))
+    return _create_container("container_light_small", pretrained, kwargs, **_SMALL, affinities=_LIGHT, num_heads=16)
 
 
 @register_model
 def container_small(pretrained: bool = False, **kwargs) -> Container:
     """CONTAINER: attention + conv mixed in every stage, 64-channel heads (1/2/5/8 heads)."""
-    model_args = dict(_SMALL, affinities="mix", num_heads=_SMALL_HEADS)
-    return _create_container("container_small", pretrained, **dict(model_args, **kwargs))
+    return _create_container("container_small", pretrained, kwargs, **_SMALL, affinities="mix", num_heads=_SMALL_HEADS)
 
 
 @register_model
 def container_light_tiny(pretrained: bool = False, **kwargs) -> Container:
     """A ~1.8 M-param CONTAINER-LIGHT for DINO on CIFAR on a CPU (pass stem_stride=1 or 2 for 32 px)."""
-    model_args = dict(_TINY, affinities=("conv", "conv", "conv", "mix"), num_heads=8)
-    return _create_container("container_light_tiny", pretrained, **dict(model_args, **kwargs))
+    return _create_container("container_light_tiny", pretrained, kwargs, **_TINY, affinities=_LIGHT, num_heads=8)
 
 
 @register_model
 def container_tiny(pretrained: bool = False, **kwargs) -> Container:
     """CONTAINER at container_light_tiny's sizes: the attention + conv mix in every stage, 32-channel heads."""
-    model_args = dict(_TINY, affinities="mix", num_heads=_TINY_HEADS)
-    return _create_container("container_tiny", pretrained, **dict(model_args, **kwargs))
+    return _create_container("container_tiny", pretrained, kwargs, **_TINY, affinities="mix", num_heads=_TINY_HEADS)
 
 
 @register_model
 def container_light_nano(pretrained: bool = False, **kwargs) -> Container:
     """The smallest CONTAINER-LIGHT, for tests and smoke runs."""
-    model_args = {"dims": (16, 32, 64, 128), "depths": (1, 1, 1, 1), "mlp_ratios": 4,
-                  "affinities": ("conv", "conv", "conv", "mix"), "num_heads": 4}
-    return _create_container("container_light_nano", pretrained, **dict(model_args, **kwargs))
+    return _create_container("container_light_nano", pretrained, kwargs, dims=(16, 32, 64, 128),
+                             depths=(1, 1, 1, 1), mlp_ratios=4, affinities=_LIGHT, num_heads=4)
 
 
 @register_model
 def container_attn_small(pretrained: bool = False, **kwargs) -> Container:
     """A hierarchical DeiT: the dynamic (attention) affinity in every stage, 64-channel heads."""
-    model_args = dict(_SMALL, affinities="attention", num_heads=_SMALL_HEADS)
-    return _create_container("container_attn_small", pretrained, **dict(model_args, **kwargs))
+    return _create_container("container_attn_small", pretrained, kwargs, **_SMALL,
+                             affinities="attention", num_heads=_SMALL_HEADS)
 
 
 @register_model
 def container_attn_tiny(pretrained: bool = False, **kwargs) -> Container:
     """container_attn at container_light_tiny's sizes (32-channel heads), for CIFAR on a CPU."""
-    model_args = dict(_TINY, affinities="attention", num_heads=_TINY_HEADS)
-    return _create_container("container_attn_tiny", pretrained, **dict(model_args, **kwargs))
+    return _create_container("container_attn_tiny", pretrained, kwargs, **_TINY,
+                             affinities="attention", num_heads=_TINY_HEADS)
 
 
 @register_model
@@ -411,26 +401,23 @@ def container_mlp_small(pretrained: bool = False, **kwargs) -> Container:
     Its affinities are N x N per block, so the model is built for one ``img_size`` (default 224) and
     refuses other input sizes with the size it was built for.
     """
-    model_args = dict(_SMALL, affinities="mlp")
-    return _create_container("container_mlp_small", pretrained, **dict(model_args, **kwargs))
+    return _create_container("container_mlp_small", pretrained, kwargs, **_SMALL, affinities="mlp")
 
 
 @register_model
 def container_mlp_tiny(pretrained: bool = False, **kwargs) -> Container:
     """container_mlp at container_light_tiny's sizes; pass the CIFAR ``img_size`` (32) it will be fed."""
-    model_args = dict(_TINY, affinities="mlp")
-    return _create_container("container_mlp_tiny", pretrained, **dict(model_args, **kwargs))
+    return _create_container("container_mlp_tiny", pretrained, kwargs, **_TINY, affinities="mlp")
 
 
 @register_model
 def container_pam_small(pretrained: bool = False, **kwargs) -> Container:
     """CONTAINER-PAM: attention and the static MLP affinity, mixed by a learnt alpha, in every stage."""
-    model_args = dict(_SMALL, affinities="pam", num_heads=_SMALL_HEADS)
-    return _create_container("container_pam_small", pretrained, **dict(model_args, **kwargs))
+    return _create_container("container_pam_small", pretrained, kwargs, **_SMALL,
+                             affinities="pam", num_heads=_SMALL_HEADS)
 
 
 @register_model
 def container_pam_tiny(pretrained: bool = False, **kwargs) -> Container:
     """container_pam at container_light_tiny's sizes (fixed ``img_size``, like container_mlp)."""
-    model_args = dict(_TINY, affinities="pam", num_heads=_TINY_HEADS)
-    return _create_container("container_pam_tiny", pretrained, **dict(model_args, **kwargs))
+    return _create_container("container_pam_tiny", pretrained, kwargs, **_TINY, affinities="pam", num_heads=_TINY_HEADS)

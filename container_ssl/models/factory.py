@@ -4,6 +4,10 @@ Why: configs name a backbone by string (``container_light_tiny``, ``deit_small``
 evaluators must not care whether it is a timm-registered Container or a timm DeiT. Every backbone built here
 exposes the same contract: ``num_classes=0`` makes ``model(x)`` return the pooled feature (global average
 for Container, CLS token for DeiT) of width :func:`feature_dim`.
+
+The DeiT baselines are timm's ``deit_{size}_patch16_224`` with no pretrained weights and
+``dynamic_img_size=True``: DINO on small images needs other patch and image sizes (patch 4 for 32-px CIFAR),
+and multi-crop sends several input sizes through one model.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from torch import nn
 
 from ..errors import InvalidArgument
 from . import container
-from .deit import DEIT_SIZES, create_deit
 
 __all__ = ["backbone_names", "container_names", "create_backbone", "feature_dim"]
+
+DEIT_SIZES = ("tiny", "small")
 
 
 def container_names() -> list[str]:
@@ -44,12 +49,15 @@ def create_backbone(
     (default 16). ``img_size`` is the DeiT position-embedding grid (any input size still works) and the
     token count of fixed-size Container affinities; Container itself accepts any multiple of its total stride.
     """
-    if name.startswith("deit_"):
-        size = name[len("deit_"):]
-        if size in DEIT_SIZES:
-            return create_deit(size, img_size=img_size, patch_size=16 if patch_size is None else patch_size,
-                               num_classes=num_classes, drop_path_rate=drop_path_rate, **kwargs)
-    elif name in container_names():
+    if name.startswith("deit_") and name[len("deit_"):] in DEIT_SIZES:
+        patch_size = 16 if patch_size is None else patch_size
+        if patch_size < 1 or img_size % patch_size:
+            raise InvalidArgument(f"DeiT img_size {img_size} is not divisible by patch_size {patch_size}; "
+                                  "choose a patch size that divides the image size")
+        return timm.create_model(f"{name}_patch16_224", pretrained=False, num_classes=num_classes, img_size=img_size,
+                                 patch_size=patch_size, dynamic_img_size=True, drop_path_rate=drop_path_rate,
+                                 **kwargs)
+    if name in container_names():
         if patch_size is not None:
             kwargs["stem_stride"] = patch_size
         return timm.create_model(name, num_classes=num_classes, drop_path_rate=drop_path_rate,

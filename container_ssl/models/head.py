@@ -63,7 +63,10 @@ class DINOHead(nn.Module):
                 layers.append(nn.GELU())
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
             self.mlp = nn.Sequential(*layers)
-        self.apply(self._init_weights)
+        for layer in self.mlp.modules():  # DINO's init: trunc-normal(0.02) weights, zero biases
+            if isinstance(layer, nn.Linear):
+                trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
 
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
         magnitude = self.last_layer.parametrizations.weight.original0
@@ -71,13 +74,6 @@ class DINOHead(nn.Module):
             magnitude.fill_(1.0)
         magnitude.requires_grad = not norm_last_layer
         self.norm_last_layer = norm_last_layer
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
     def last_layer_params(self) -> list[nn.Parameter]:
         """Prototype parameters; DINO drops their gradients during the first epoch(s) to stabilise training."""

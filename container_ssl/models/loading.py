@@ -41,7 +41,7 @@ class LoadResult(NamedTuple):
     unexpected_keys: list[str]
 
 
-def _rename_official(key: str, is_mix_block: bool) -> str:
+def _rename_official(key: str, mix_blocks: set[str]) -> str:
     match = _OFFICIAL_EMBED.match(key)
     if match:
         stage, rest = int(match.group(1)), match.group(2)
@@ -52,7 +52,7 @@ def _rename_official(key: str, is_mix_block: bool) -> str:
     stage, index, rest = int(match.group(1)), int(match.group(2)), match.group(3)
     module, _, leaf = rest.partition(".")
     if module == "conv1":
-        module = "mixer.qkv" if is_mix_block else "mixer.v"
+        module = "mixer.qkv" if f"blocks{match.group(1)}.{match.group(2)}." in mix_blocks else "mixer.v"
     else:
         module = _BLOCK_RENAMES.get(module, module)
     new_rest = f"{module}.{leaf}" if leaf else module
@@ -70,12 +70,7 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module | None = None) ->
     if not any(_OFFICIAL_KEY.match(k) for k in state_dict):
         return state_dict
     mix_blocks = {k[: -len("sa_weight")] for k in state_dict if k.endswith(".sa_weight")}
-    out = {}
-    for key, value in state_dict.items():
-        block = _OFFICIAL_BLOCK.match(key)
-        is_mix = bool(block) and f"blocks{block.group(1)}.{block.group(2)}." in mix_blocks
-        out[_rename_official(key, is_mix)] = value
-    return out
+    return {_rename_official(key, mix_blocks): value for key, value in state_dict.items()}
 
 
 def load_released_container_light(

@@ -15,9 +15,9 @@ under the keys (and with the parameter names) that checkpoints have always used:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,10 +28,37 @@ from torch.nn.parallel import DistributedDataParallel
 from ..errors import UserError
 from ..models import DINOHead, create_backbone
 from ..models.complexity import count_macs
-from .ema import update_teacher
 from .loss import DINOLoss
-from .multicrop import MultiCropWrapper
 from .optim import clip_per_parameter, param_groups
+
+
+class MultiCropWrapper(nn.Module):
+    """``forward(crops)`` -> head outputs of all crops, concatenated in input order along the batch.
+
+    ``backbone(x)`` must return pooled features ``[B, D]`` (timm backbones built with ``num_classes=0``).
+    Why grouping: one backbone call per crop wastes kernel launches and gives BatchNorm tiny batches, so
+    consecutive crops of the same size share one call; the head, on pooled features, runs once on them all.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, crops: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        if isinstance(crops, torch.Tensor):
+            crops = [crops]
+        if len(crops) == 0:
+            raise ValueError("MultiCropWrapper needs at least one crop batch")
+        sizes = torch.tensor([tuple(c.shape[-2:]) for c in crops])
+        _, counts = torch.unique_consecutive(sizes, dim=0, return_counts=True)
+        features = []
+        start = 0
+        for count in counts.tolist():
+            group = crops[start:start + count]
+            features.append(self.backbone(torch.cat(group) if count > 1 else group[0]))
+            start += count
+        return self.head(torch.cat(features) if len(features) > 1 else features[0])
 
 
 def build_models(cfg: DictConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
@@ -65,14 +92,6 @@ def amp_context(cfg: DictConfig, device: torch.device) -> tuple[Callable[[], Any
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
-class StepResult(NamedTuple):
-    """What one step did: the loss, the loss's diagnostics, and whether the weights were updated."""
-
-    loss: torch.Tensor
-    stats: dict[str, Any]
-    applied: bool
-
-
 class DINO:
     """Student (backbone + head, DDP-wrapped in a distributed run), frozen EMA teacher, DINO loss, precision.
 
@@ -84,7 +103,8 @@ class DINO:
         self.distributed = distributed
         self.clip_grad = float(cfg.optim.clip_grad)
         student, teacher = build_models(cfg)
-        if distributed and device.type == "cuda" and _has_batchnorm(student):
+        batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules())
+        if distributed and device.type == "cuda" and batchnorm:
             # batch statistics over the global batch (torch supports SyncBatchNorm on GPUs only;
             # CPU/gloo runs keep per-rank statistics)
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
@@ -118,23 +138,28 @@ class DINO:
         self.teacher.train()
 
     def step(self, views: list[torch.Tensor], teacher_temp: float, optimizer: torch.optim.Optimizer,
-             freeze_last_layer: bool = False, undo_on_skip: bool = False) -> StepResult:
+             freeze_last_layer: bool = False,
+             undo_on_skip: bool = False) -> tuple[torch.Tensor, dict[str, Any], bool]:
         """Teacher on the 2 global crops, student on all, the loss; then, if it is finite on every rank,
         backward, per-parameter clipping, the frozen last layer's gradients dropped, and the optimiser step.
 
-        A non-finite loss updates nothing (``applied`` is False). ``undo_on_skip`` also puts back the
-        buffers its forward pass moved (BatchNorm statistics, the loss centre): one NaN batch would
-        otherwise poison them, and every later step, for good. The EMA is :meth:`update_teacher`.
+        Returns (loss, the loss's diagnostics, applied). A non-finite loss updates nothing (applied is False).
+        ``undo_on_skip`` also puts back the buffers its forward pass moved (BatchNorm statistics, the loss
+        centre): one NaN batch would otherwise poison them, and every later step, for good. The EMA is
+        :meth:`update_teacher`.
         """
-        saved = _snapshot_buffers(self.student, self.teacher, self.loss) if undo_on_skip else []
+        modules = (self.student, self.teacher, self.loss) if undo_on_skip else ()
+        saved = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
         with self.autocast():
             with torch.no_grad():
                 teacher_out = self.teacher(views[:2])
             student_out = self.student_ddp(views)
         loss = self.loss(student_out.float(), teacher_out.float(), teacher_temp)
         if not self._finite_everywhere(loss):
-            _restore_buffers(saved)
-            return StepResult(loss, self.loss.last_stats, False)
+            with torch.no_grad():
+                for buffer, value in saved:
+                    buffer.copy_(value)
+            return loss, self.loss.last_stats, False
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -150,7 +175,7 @@ class DINO:
             self.scaler.update()
         else:
             optimizer.step()
-        return StepResult(loss, self.loss.last_stats, True)
+        return loss, self.loss.last_stats, True
 
     def update_teacher(self, momentum: float) -> None:
         """``teacher <- momentum * teacher + (1 - momentum) * student`` (parameters only)."""
@@ -174,15 +199,46 @@ class DINO:
         return bool(flag.item() == 1.0)
 
 
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def _snapshot_buffers(*modules: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+def _unwrap_name(name: str) -> str:
+    """Strip DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) prefixes so both sides match by name."""
+    while name.startswith(("module.", "_orig_mod.")):
+        name = name.split(".", 1)[1]
+    return name
 
 
 @torch.no_grad()
-def _restore_buffers(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    for buffer, value in saved:
-        buffer.copy_(value)
+def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
+    """``teacher <- momentum * teacher + (1 - momentum) * student`` for every parameter, matched by name.
+
+    Why an EMA teacher: averaging the student over many steps gives better and more stable targets than the
+    student itself and, with centring and sharpening, avoids collapse without negatives.
+
+    Only parameters move: buffers (BatchNorm running statistics, counters) are deliberately NOT copied.
+    DINO's teacher runs in train mode on the global crops it sees and keeps its own BatchNorm statistics,
+    computed from its own activations; overwriting them with the student's (which also see the local crops
+    and different weights) would make them inconsistent with the teacher's weights.
+
+    Names are compared with DDP ``module.`` / ``torch.compile`` ``_orig_mod.`` prefixes removed, so a
+    wrapped student updates a plain teacher. The update uses ``torch._foreach_*`` kernels: one fused launch
+    per group instead of two per tensor.
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"teacher momentum must lie in [0, 1], got {momentum}")
+    student_params = {_unwrap_name(n): p for n, p in student.named_parameters()}
+    teacher_list: list[torch.Tensor] = []
+    student_list: list[torch.Tensor] = []
+    for name, t in teacher.named_parameters():
+        key = _unwrap_name(name)
+        s = student_params.pop(key, None)
+        if s is None:
+            raise KeyError(f"teacher parameter '{key}' has no counterpart in the student")
+        if s.shape != t.shape:
+            raise ValueError(f"parameter '{key}': student shape {tuple(s.shape)} != teacher {tuple(t.shape)}")
+        teacher_list.append(t)
+        student_list.append(s.detach())
+    if student_params:
+        raise KeyError(f"student parameters missing from the teacher: {sorted(student_params)[:5]}")
+    if not teacher_list:
+        return
+    torch._foreach_mul_(teacher_list, momentum)
+    torch._foreach_add_(teacher_list, student_list, alpha=1.0 - momentum)

@@ -76,18 +76,6 @@ def build_loader(cfg: DictConfig, device: torch.device, rank: int = 0,
     return loader, sampler, gpu_aug
 
 
-def views_on_device(views: Any, device: torch.device, gpu_aug: nn.Module | None,
-                    channels_last: bool) -> list[torch.Tensor]:
-    """A loader batch as the crops a step takes: on ``device``, made there by ``gpu_aug`` when there is one."""
-    if gpu_aug is not None:
-        views = gpu_aug(views.to(device, non_blocking=True))
-    else:
-        views = [v.to(device, non_blocking=True) for v in views]
-    if channels_last:
-        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-    return views
-
-
 def name_unreadable(named: list[dict[str, str]], skipped: list[Skipped], root: Path) -> None:
     """Append the skipped files to ``named`` as ``{"path" (relative to the split), "reason"}`` for summary.json,
     up to MAX_NAMED_UNREADABLE in all (the count of skipped images covers every one)."""

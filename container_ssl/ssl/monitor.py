@@ -13,8 +13,7 @@ RNG, so they leave the run's random stream (and an exact resume) alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -28,73 +27,20 @@ from ..eval.knn import check_class_sets, knn_classify
 from ..eval.transforms import eval_transform
 from ..models.affinity_probe import mix_weights
 from .rankme import effective_rank, embedding_std
-
-
-def online_knn(backbone: nn.Module, cfg: DictConfig, info: DistInfo) -> tuple[float, Optional[float]]:
-    """(top-1, top-5) in percent of the weighted kNN with ``k = monitor.knn_k`` (rank 0; NaN elsewhere)."""
-    top1, top5 = float("nan"), None
-    if info.is_main:
-        m, a, d = cfg.monitor, cfg.aug, cfg.data
-        transform = eval_transform(a.global_size, mean=list(a.mean), std=list(a.std))
-        common = dict(transform=transform, cache_dir=d.cache_dir, on_bad_image="skip", seed=cfg.seed)
-        bank = build_dataset(d.path, d.train_split, limit=m.knn_train_images, **common)
-        queries = build_dataset(d.path, d.val_split, limit=m.knn_val_images, **common)
-        check_class_sets(bank.classes, queries.classes)
-        was_training = backbone.training
-        kwargs = dict(batch_size=256, device=info.device, num_workers=d.num_workers, use_amp=True)
-        try:
-            train_f, train_y = extract_features(backbone, bank, desc="knn bank", **kwargs)
-            val_f, val_y = extract_features(backbone, queries, desc="knn queries", **kwargs)
-        finally:
-            backbone.train(was_training)
-        (result,) = knn_classify(train_f, train_y, val_f, val_y, ks=[m.knn_k], temperature=m.knn_temperature,
-                                 num_classes=len(bank.classes), backend="torch", device=info.device)
-        top1, top5 = result.top1, result.top5
-    barrier()
-    return top1, top5
-
-
-def rank_batch(cfg: DictConfig) -> Dataset:
-    """The fixed batch of the label-free monitor: ``monitor.rank_images`` seeded train images, evaluation
-    transform (the same images on every call, so the curve moves only because the network does)."""
-    m, a, d = cfg.monitor, cfg.aug, cfg.data
-    transform = eval_transform(a.global_size, mean=list(a.mean), std=list(a.std))
-    return build_dataset(d.path, d.train_split, limit=m.rank_images, transform=transform, cache_dir=d.cache_dir,
-                         on_bad_image="skip", seed=cfg.seed)
-
-
-def label_free(backbone: nn.Module, images: Dataset, device: torch.device, num_workers: int = 0) -> dict[str, float]:
-    """RankMe and the normalised per-dimension std of ``backbone``'s features on ``images`` (:func:`rank_batch`).
-
-    Features are computed in float32 (no autocast): bf16 rounding would bury the small singular values that
-    RankMe counts.
-    """
-    was_training = backbone.training
-    try:
-        feats, _ = extract_features(backbone, images, batch_size=256, device=device, num_workers=num_workers,
-                                    use_amp=False, desc="rank batch")
-    finally:
-        backbone.train(was_training)
-    if feats.shape[0] < 2:
-        return {}
-    sizes = {"embed_dim": int(feats.shape[1]), "rank_images": int(feats.shape[0])}
-    if not bool(torch.isfinite(feats).all()):  # a diverged teacher: report it, the trainer refuses to save it
-        return {"rankme": float("nan"), "embed_std": float("nan"), **sizes}
-    return {"rankme": effective_rank(feats), "embed_std": embedding_std(feats), **sizes}
+from .run_log import RunLog
+from .schedules import due
 
 
 class Monitors:
-    """Runs the monitors after an epoch and writes what they find: ``log`` (metrics lines), ``tb``
-    (TensorBoard, None off rank 0) and the console.
+    """Runs the monitors after an epoch and writes what they find to the run's log and the console.
 
     Why an object: the label-free monitor's fixed batch is built once, at its first use, and reused every
     epoch; building it lists (and, for an archive, checks) the whole train split only to keep a seeded few
-    hundred images, the same ones each time.
+    hundred images, the same ones each time (so the curve moves only because the network does).
     """
 
-    def __init__(self, cfg: DictConfig, info: DistInfo, epochs: int, log: Callable[[dict[str, Any]], None],
-                 tb: Any) -> None:
-        self.cfg, self.info, self.epochs, self.log, self.tb = cfg, info, epochs, log, tb
+    def __init__(self, cfg: DictConfig, info: DistInfo, epochs: int, run_log: RunLog) -> None:
+        self.cfg, self.info, self.epochs, self.run_log = cfg, info, epochs, run_log
         self._rank_batch: Dataset | None = None
 
     def after_epoch(self, teacher_backbone: nn.Module, epoch: int, it: int) -> None:
@@ -105,17 +51,43 @@ class Monitors:
         devices = [self.info.device] if self.info.device.type == "cuda" else []
         return torch.random.fork_rng(devices=devices)  # the data loaders draw seeds; keep the run's RNG stream
 
+    def _eval_split(self, split: str, limit: int) -> Dataset:
+        """``limit`` seeded images of ``split`` with the evaluation transform, unreadable ones skipped."""
+        a, d = self.cfg.aug, self.cfg.data
+        transform = eval_transform(a.global_size, mean=list(a.mean), std=list(a.std))
+        return build_dataset(d.path, split, limit=limit, transform=transform, cache_dir=d.cache_dir,
+                             on_bad_image="skip", seed=self.cfg.seed)
+
+    def _features(self, backbone: nn.Module, images: Dataset, desc: str,
+                  use_amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        was_training = backbone.training
+        try:
+            return extract_features(backbone, images, batch_size=256, device=self.info.device,
+                                    num_workers=self.cfg.data.num_workers, use_amp=use_amp, desc=desc)
+        finally:
+            backbone.train(was_training)
+
     def knn(self, backbone: nn.Module, epoch: int, it: int) -> None:
-        """Online kNN of the teacher's features every ``monitor.knn_every`` epochs (learning / collapse)."""
-        every = self.cfg.monitor.knn_every
-        if not every or ((epoch + 1) % every and epoch + 1 != self.epochs):
+        """Online kNN of the teacher's features every ``monitor.knn_every`` epochs (learning / collapse):
+        top-1 and top-5 in percent of the weighted kNN with ``k = monitor.knn_k``, by rank 0 as the rest wait."""
+        m, d = self.cfg.monitor, self.cfg.data
+        if not due(m.knn_every, epoch, self.epochs):
             return
         with self._forked_rng():
-            top1, top5 = online_knn(backbone, self.cfg, self.info)
+            if self.info.is_main:
+                bank = self._eval_split(d.train_split, m.knn_train_images)
+                queries = self._eval_split(d.val_split, m.knn_val_images)
+                check_class_sets(bank.classes, queries.classes)
+                train_f, train_y = self._features(backbone, bank, "knn bank", use_amp=True)
+                val_f, val_y = self._features(backbone, queries, "knn queries", use_amp=True)
+                (result,) = knn_classify(train_f, train_y, val_f, val_y, ks=[m.knn_k], temperature=m.knn_temperature,
+                                         num_classes=len(bank.classes), backend="torch", device=self.info.device)
+            barrier()
         if self.info.is_main:
-            k = self.cfg.monitor.knn_k
-            self.log({"type": "knn", "epoch": epoch, "iteration": it, "k": k, "top1": top1, "top5": top5})
-            self.tb.scalars({f"knn/top1_k{k}": top1}, it)
+            top1, k = result.top1, m.knn_k
+            self.run_log.write({"type": "knn", "epoch": epoch, "iteration": it, "k": k, "top1": top1,
+                                "top5": result.top5})
+            self.run_log.scalars({f"knn/top1_k{k}": top1}, it)
             print(f"epoch {epoch + 1}: online kNN (k={k}) top-1 {top1:.2f}%", flush=True)
 
     def label_free(self, backbone: nn.Module, epoch: int, it: int) -> None:
@@ -128,20 +100,27 @@ class Monitors:
             return
         m = self.cfg.monitor
         record: dict[str, Any] = {"alpha": mix_weights(backbone)}
-        if m.rank_every and ((epoch + 1) % m.rank_every == 0 or epoch + 1 == self.epochs):
+        if due(m.rank_every, epoch, self.epochs):
             with self._forked_rng():  # keep the run's RNG stream (exact resume)
                 if self._rank_batch is None:
-                    self._rank_batch = rank_batch(self.cfg)
-                record.update(label_free(backbone, self._rank_batch, self.info.device, self.cfg.data.num_workers))
+                    self._rank_batch = self._eval_split(self.cfg.data.train_split, m.rank_images)
+                # float32 (no autocast): bf16 rounding would bury the small singular values that RankMe counts
+                feats, _ = self._features(backbone, self._rank_batch, "rank batch", use_amp=False)
+                if feats.shape[0] >= 2:  # non-finite features (a diverged teacher): NaN, the trainer refuses to save
+                    finite = bool(torch.isfinite(feats).all())
+                    record.update(rankme=effective_rank(feats) if finite else float("nan"),
+                                  embed_std=embedding_std(feats) if finite else float("nan"),
+                                  embed_dim=int(feats.shape[1]), rank_images=int(feats.shape[0]))
         if not record["alpha"] and len(record) == 1:
             return
-        self.log({"type": "monitor", "epoch": epoch, "iteration": it, **record})
+        self.run_log.write({"type": "monitor", "epoch": epoch, "iteration": it, **record})
         scalars = {f"alpha/{name}": v for name, v in record["alpha"].items()}
         scalars.update({f"monitor/{k}": float(record[k]) for k in ("rankme", "embed_std") if k in record})
-        self.tb.scalars(scalars, it)
+        self.run_log.scalars(scalars, it)
         if "rankme" in record:
-            print(f"epoch {epoch + 1}: RankMe {record['rankme']:.1f} of {min(record['embed_dim'], record['rank_images'])}"
-                  f", normalised embedding std {record['embed_std']:.3f}", flush=True)
+            print(f"epoch {epoch + 1}: RankMe {record['rankme']:.1f} of "
+                  f"{min(record['embed_dim'], record['rank_images'])}, normalised embedding std "
+                  f"{record['embed_std']:.3f}", flush=True)
             if record["embed_std"] < m.collapse_std:
                 print(f"warning: representation collapsing: normalised embedding std {record['embed_std']:.3f} < "
                       f"monitor.collapse_std {m.collapse_std} at epoch {epoch + 1} (RankMe "

@@ -32,7 +32,8 @@ def param_groups(model: nn.Module, skip_names: Iterable[str] = ()) -> list[dict]
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "name": "regularized"}, {"params": no_decay, "name": "not_regularized", "weight_decay": 0.0}]
+    return [{"params": decay, "name": "regularized"},
+            {"params": no_decay, "name": "not_regularized", "weight_decay": 0.0}]
 
 
 def build_optimizer(name: OptimizerName | str, groups: list[dict], lr: float = 0.0,

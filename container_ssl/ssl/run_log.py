@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, TextIO
 
 from ..errors import UserError
 from ..run import METRICS
@@ -30,58 +30,6 @@ def check_output_dir(path: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"output_dir {path} is not writable ({e.strerror or e}); choose another output_dir") from None
-
-
-class MetricsLog:
-    """Append-only JSON-lines file; on resume, lines with ``iteration >= resume_iteration`` are dropped."""
-
-    def __init__(self, path: Path, resume_iteration: Optional[int] = None):
-        self.path = path
-        if resume_iteration is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and _iteration(line) < resume_iteration]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(path)
-        self._f = open(path, "a", buffering=1)
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, allow_nan=True) + "\n")
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def _iteration(line: str) -> float:
-    try:
-        return float(json.loads(line).get("iteration", -1))
-    except ValueError:
-        return math.inf
-
-
-class TensorBoard:
-    """A thin wrapper so a run without the ``tensorboard`` package still trains (nothing is written)."""
-
-    def __init__(self, log_dir: Path, purge_step: Optional[int] = None):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # pragma: no cover - tensorboard is a core dependency
-            self.writer = None
-            return
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
-
-    def images(self, tag: str, images, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_images(tag, images, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 class Progress:
@@ -121,18 +69,37 @@ class RunLog:
     """A run's metrics lines, TensorBoard events and console line, written by rank 0 only (``is_main``).
 
     On resume from ``start_iteration`` (0 for a fresh start: that drops the lines of a run killed before
-    its first save) the logs continue where the checkpoint is.
+    its first save) the logs continue where the checkpoint is: metrics lines with a later ``iteration`` are
+    dropped and TensorBoard purges its later events.
     """
 
     def __init__(self, out: Path, start_iteration: int, total_iterations: int, epochs: int, is_main: bool) -> None:
         self.epochs, self.total = epochs, total_iterations
-        self.metrics = MetricsLog(out / METRICS, resume_iteration=start_iteration) if is_main else None
-        self.tb = TensorBoard(out / "tb", purge_step=start_iteration) if is_main else None
+        self.metrics: TextIO | None = None
+        self.tb: Any = None  # a SummaryWriter on rank 0
+        if is_main:
+            path = out / METRICS
+            if path.is_file():
+                kept = [line for line in path.read_text().splitlines()
+                        if line.strip() and _iteration(line) < start_iteration]
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text("".join(line + "\n" for line in kept))
+                tmp.replace(path)
+            self.metrics = open(path, "a", buffering=1)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(out / "tb"), purge_step=start_iteration)
         self.progress = Progress(total_iterations, start_iteration)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.metrics is not None:
-            self.metrics.write(record)
+            self.metrics.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """TensorBoard scalars (rank 0)."""
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
 
     def step(self, epoch: int, iteration: int, values: dict[str, Any]) -> None:
         """One ``train`` line, its TensorBoard scalars and the console line. ``values`` (at least loss and lr)
@@ -142,7 +109,7 @@ class RunLog:
             return
         self.write({"type": "train", "epoch": epoch, "iteration": iteration, **values,
                     "images_per_s": self.progress.images_per_s()})
-        self.tb.scalars({f"train/{k}": v for k, v in values.items()}, iteration)
+        self.scalars({f"train/{k}": v for k, v in values.items()}, iteration)
         self.progress.line(epoch, self.epochs, iteration, {"loss": values["loss"], "lr": values["lr"]})
 
     def crops(self, views: list, mean: Any, std: Any, iteration: int) -> None:
@@ -151,9 +118,16 @@ class RunLog:
             return
         for i, v in enumerate(views[: min(len(views), 3)]):
             images = denormalize(v[:8].detach().float().cpu(), mean, std).clamp(0, 1)
-            self.tb.images(f"crops/view{i}", images, iteration)
+            self.tb.add_images(f"crops/view{i}", images, iteration)
 
     def close(self) -> None:
         for sink in (self.metrics, self.tb):
             if sink is not None:
                 sink.close()
+
+
+def _iteration(line: str) -> float:
+    try:
+        return float(json.loads(line).get("iteration", -1))
+    except ValueError:
+        return math.inf

@@ -62,6 +62,11 @@ def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float, warmu
     return np.concatenate([warm, rest])
 
 
+def due(every: int, epoch: int, epochs: int) -> bool:
+    """Whether a task done every ``every`` epochs (0: never) is due after ``epoch`` (0-based): always after the last."""
+    return bool(every) and ((epoch + 1) % every == 0 or epoch + 1 == epochs)
+
+
 @dataclass(frozen=True)
 class Schedules:
     """A run's schedules: ``lr``, ``wd`` and teacher ``momentum`` per iteration, ``teacher_temp`` per epoch."""

@@ -1,10 +1,9 @@
-"""Everything a checkpoint must hold for an exact resume, and putting it back.
+"""The RNG states a checkpoint holds for an exact resume, and putting them back.
 
-Why RNG states per rank: stochastic depth and the batched GPU augmentation draw from torch's global RNG
-in the training process. Restoring each rank's generator state makes the resumed steps draw exactly the
-numbers the uninterrupted run would have drawn. (Worker-side augmentation is seeded per sample and needs
-no state; see :mod:`container_ssl.ssl.sampling`.) States are stored as tensors and plain containers so the
-checkpoint loads with ``weights_only=True``.
+Why every rank's state: stochastic depth and the batched GPU augmentation draw from torch's global RNG in the
+training process, so a resume that restores it draws exactly what the uninterrupted run would have
+(worker-side augmentation is seeded per sample, :mod:`.sampling`). Stored as tensors and plain containers, so
+the checkpoint loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -17,20 +16,26 @@ import torch
 import torch.distributed as dist
 
 
-def rng_state() -> dict[str, Any]:
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's torch, numpy, python (and CUDA) RNG state, in rank order (one outside distributed runs)."""
     np_state = np.random.get_state()
-    state = {
+    mine = {
         "torch": torch.get_rng_state(),
         "numpy": (np_state[0], torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), int(np_state[2]),
                   int(np_state[3]), float(np_state[4])),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        mine["cuda"] = torch.cuda.get_rng_state_all()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)
+    return states
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore one rank's entry of :func:`gather_rng_states`."""
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
@@ -39,19 +44,5 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def gather_rng_states() -> list[dict[str, Any]]:
-    """Every rank's RNG state, in rank order (a list of one outside distributed runs)."""
-    mine = rng_state()
-    if not (dist.is_available() and dist.is_initialized()):
-        return [mine]
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, mine)
-    return states
-
-
 def _as_tuples(x: Any) -> Any:
-    if isinstance(x, list):
-        return tuple(_as_tuples(v) for v in x)
-    if isinstance(x, tuple):
-        return tuple(_as_tuples(v) for v in x)
-    return x
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

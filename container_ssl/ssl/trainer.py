@@ -25,13 +25,11 @@ from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
 
 from ..checkpoint import load_checkpoint, remove_stale_temps, save_atomic
 from ..config import changed_keys, to_dict, to_yaml
 from ..data import left_out_record
 from ..distributed import (
-    DistInfo,
     StopSignals,
     all_reduce_sum,
     init_distributed,
@@ -39,10 +37,9 @@ from ..distributed import (
     peer_failure_line,
 )
 from ..errors import UserError
-from ..run import CHECKPOINT, CONFIG, SUMMARY
+from ..run import CHECKPOINT, CONFIG, SUMMARY, load_strict
 from . import health
 from .dino import DINO
-from .health import LearnedNothing
 from .loader import (
     build_loader,
     check_not_inside_data,
@@ -50,16 +47,14 @@ from .loader import (
     cpu_thread_tip,
     data_fingerprint,
     name_unreadable,
-    views_on_device,
 )
 from .monitor import Monitors
 from .optim import build_optimizer, set_lr_wd
 from .run_log import Progress, RunLog, check_output_dir
-from .schedules import Schedules
+from .schedules import Schedules, due
 from .state import gather_rng_states, set_rng_state
 
 log = logging.getLogger(__name__)
-
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -119,14 +114,13 @@ class DinoTrainer:
         self.clock: Callable[[], float] = time.perf_counter
         self.budget_reached = False
         self.start_epoch = self.start_batch = 0
-        self.resumed_from: Optional[Path] = None
         if resume or (auto_resume and (out / CHECKPOINT).is_file()):
             self._resume(Path(resume) if resume else out / CHECKPOINT)
         self.start_iteration = self.start_epoch * self.iters + self.start_batch
         if info.is_main:
             (out / CONFIG).write_text(to_yaml(cfg))
         self.run_log = RunLog(out, self.start_iteration, self.total_iters, self.epochs, info.is_main)
-        self.monitors = Monitors(cfg, info, self.epochs, self.run_log.write, self.run_log.tb)
+        self.monitors = Monitors(cfg, info, self.epochs, self.run_log)
 
     # ------------------------------------------------------------------------------------------ loop
     def train(self, stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any]:
@@ -183,13 +177,11 @@ class DinoTrainer:
                                         "epoch_time_s": dt, "skipped_images": self.stats["skipped_images"],
                                         "nan_steps_skipped": self.stats["nan_steps_skipped"]})
                     self.monitors.after_epoch(self.dino.teacher.backbone, epoch, it - 1)
-                    every = cfg.checkpoint_every_epochs  # periodic checkpoint_XXXX.pt, and always after the last
-                    self.save(epoch + 1, 0, periodic=bool(every) and ((epoch + 1) % every == 0
-                                                                      or epoch + 1 == self.epochs))
+                    self.save(epoch + 1, 0, periodic=due(cfg.checkpoint_every_epochs, epoch, self.epochs))
             if not interrupted and it > self.start_iteration:
                 health.check_learned(it, it - self.start_iteration, trained, self.stats["skipped_images"],
                                      self.stats["nan_steps_skipped"])
-        except LearnedNothing as e:
+        except health.LearnedNothing as e:
             self.failure = str(e)
             self.summary(self.clock() - t_start, finished=False, iteration=it)
             raise
@@ -206,7 +198,12 @@ class DinoTrainer:
     def train_step(self, views: Any, epoch: int, it: int) -> int:
         """One DINO step with this iteration's schedule values, then the EMA; returns the images trained."""
         cfg = self.cfg
-        views = views_on_device(views, self.info.device, self.gpu_aug, cfg.channels_last)
+        if self.gpu_aug is not None:  # the batched back-end makes the crops on the device
+            views = self.gpu_aug(views.to(self.info.device, non_blocking=True))
+        else:
+            views = [v.to(self.info.device, non_blocking=True) for v in views]
+        if cfg.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         set_lr_wd(self.optimizer, float(self.sched.lr[it]), float(self.sched.wd[it]))
         loss, stats, applied = self.dino.step(views, float(self.sched.teacher_temp[epoch]), self.optimizer,
                                               freeze_last_layer=epoch < cfg.optim.freeze_last_layer,
@@ -272,8 +269,28 @@ class DinoTrainer:
 
     def _resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
+        for key in ("student", "teacher", "optimizer", "loss", "epoch", "batch_in_epoch"):
+            if key not in ckpt:
+                raise UserError(f"checkpoint {path} has no '{key}' entry; it is not a container-ssl pretraining "
+                                "checkpoint")
         d = self.dino
-        _restore(ckpt, d.student, d.teacher, self.optimizer, d.scaler, d.loss, self.info, path)
+        for name, module in (("student", d.student), ("teacher", d.teacher)):
+            load_strict(module, ckpt[name], path, f"this model ({name})", "use the config the run was started with")
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if d.scaler is not None and ckpt.get("scaler"):
+                d.scaler.load_state_dict(ckpt["scaler"])
+            d.loss.load_state_dict(ckpt["loss"])
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"checkpoint {path}: optimiser/loss state does not fit this run ({first[:160]}); "
+                            "use the config the run was started with") from None
+        rng = ckpt.get("rng") or []
+        if len(rng) == self.info.world_size:
+            set_rng_state(rng[self.info.rank])
+        elif self.info.is_main:
+            log.warning("checkpoint was written by %d ranks, this run has %d: RNG streams restart from the seed",
+                        len(rng), self.info.world_size)
         # after the weights: a checkpoint of another architecture gets the more specific shape message
         changed = changed_keys(ckpt["config"], to_dict(self.cfg)) if "config" in ckpt else []
         if changed:
@@ -286,7 +303,6 @@ class DinoTrainer:
                         warn=self.info.is_main)
         self.start_epoch, self.start_batch = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
         self.stats.update(ckpt.get("stats", {}))
-        self.resumed_from = path
         if self.info.is_main:
             print(f"resumed from {path} at epoch {self.start_epoch + 1}, "
                   f"iteration {self.start_epoch * self.iters + self.start_batch}", flush=True)
@@ -308,29 +324,3 @@ class DinoTrainer:
         if self.info.is_main:
             (self.out / SUMMARY).write_text(json.dumps(out, indent=2))
         return out
-
-
-def _restore(ckpt: dict, student: nn.Module, teacher: nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: Optional[torch.amp.GradScaler], loss_fn: nn.Module, info: DistInfo, path: Path) -> None:
-    for key in ("student", "teacher", "optimizer", "loss", "epoch", "batch_in_epoch"):
-        if key not in ckpt:
-            raise UserError(f"checkpoint {path} has no '{key}' entry; it is not a container-ssl pretraining checkpoint")
-    from ..run import load_strict
-
-    for name, module in (("student", student), ("teacher", teacher)):
-        load_strict(module, ckpt[name], path, f"this model ({name})", "use the config the run was started with")
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        loss_fn.load_state_dict(ckpt["loss"])
-    except (ValueError, RuntimeError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path}: optimiser/loss state does not fit this run ({first[:160]}); "
-                        "use the config the run was started with") from None
-    rng = ckpt.get("rng") or []
-    if len(rng) == info.world_size:
-        set_rng_state(rng[info.rank])
-    elif info.is_main:
-        log.warning("checkpoint was written by %d ranks, this run has %d: RNG streams restart from the seed",
-                    len(rng), info.world_size)

@@ -13,12 +13,12 @@ from torch.utils.data import Dataset
 from container_ssl.checkpoint import load_checkpoint, save_atomic
 from container_ssl.errors import UserError
 from container_ssl.eval import features as features_mod
+from container_ssl.eval.backbone import load_backbone
 from container_ssl.eval.features import (
     cached_features,
     default_n_last_blocks,
     extract_features,
     feature_fn,
-    load_backbone,
 )
 from container_ssl.models import create_backbone
 

@@ -42,7 +42,7 @@ def test_dino_initialisation_and_lr_scaling():
     assert [g["lr"] for g in probe.optimizer.param_groups] == pytest.approx([0.002, 0.2])
     assert all(g["momentum"] == 0.9 and g["weight_decay"] == 0.0 for g in probe.optimizer.param_groups)
     for _ in range(10):
-        probe.end_epoch()
+        probe.scheduler.step()
     assert probe.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine to zero
 
 

@@ -19,8 +19,9 @@ from PIL import Image
 from container_ssl.data import build_dataset
 from container_ssl.errors import UserError
 from container_ssl.eval import features as features_mod
+from container_ssl.eval.backbone import load_backbone
 from container_ssl.eval.feature_key import dataset_fingerprint
-from container_ssl.eval.features import cached_features, extract_features, load_backbone
+from container_ssl.eval.features import cached_features, extract_features
 from container_ssl.eval.transforms import eval_transform
 
 RUN = {"batch_size": 4, "num_workers": 0, "use_amp": False}

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from container_ssl.ssl.ema import update_teacher
+from container_ssl.ssl.dino import update_teacher
 
 
 def _net():

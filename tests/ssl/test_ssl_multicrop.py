@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from container_ssl.ssl.multicrop import MultiCropWrapper
+from container_ssl.ssl.dino import MultiCropWrapper
 
 
 def _model():
