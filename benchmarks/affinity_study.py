@@ -129,6 +129,11 @@ def mix_alphas(checkpoint: Path) -> dict[str, list[float]]:
     return alphas
 
 
+def _recorded(overrides: list[str]) -> list[str]:
+    """The overrides a run is recorded with: all but this machine's data path."""
+    return [o for o in overrides if not o.startswith("data.path")]
+
+
 def top1(knn: dict, k: int = 20) -> float:
     return next((r["top1"] for r in knn.get("results", []) if r["k"] == k), float("nan"))
 
@@ -196,7 +201,7 @@ class Study:
         if run.exists():
             shutil.rmtree(run)  # a fresh run: an old checkpoint there would be resumed, not retrained
         run.mkdir(parents=True)
-        plan: dict[str, Any] = {"config": cfg, "overrides": [o for o in overrides if not o.startswith("data.path")]}
+        plan: dict[str, Any] = {"config": cfg, "overrides": _recorded(overrides)}
         if self.mode != "gpu":
             plan["calibration_images_per_s"] = self.calibrate(cfg, overrides, run / "calibrate")
             batch = load_config(ROOT / cfg, overrides).optim.batch_size_per_gpu
@@ -207,7 +212,7 @@ class Study:
                 overrides.append(f"max_steps={SMOKE['steps']}")
         plan["pretrain_s"] = run_cli("pretrain", "--config", cfg, *overrides, f"output_dir={run}", "--no-resume",
                                      log=run / "study.log")
-        plan["final_overrides"] = [o for o in overrides if not o.startswith("data.path")]
+        plan["final_overrides"] = _recorded(overrides)
         (run / "plan.json").write_text(json.dumps(plan, indent=2))  # what --reuse reads back
         return plan
 
@@ -225,17 +230,17 @@ class Study:
             return None
         saved = yaml.safe_load((run / "config.yaml").read_text())
         cfg, overrides = self.overrides(name)
-        fitted = [f"optim.epochs={saved['optim']['epochs']}", f"data.subset={saved['data']['subset']}"]
+        final = overrides
         if self.mode != "gpu":
             if saved.get("max_minutes") != self.args.minutes:
                 return None
-            overrides = [*overrides, *fitted, f"max_minutes={self.args.minutes}"]
-        if changed_keys(saved, to_dict(load_config(ROOT / cfg, overrides))):
+            final = [*overrides, f"optim.epochs={saved['optim']['epochs']}", f"data.subset={saved['data']['subset']}",
+                     f"max_minutes={self.args.minutes}"]
+        if changed_keys(saved, to_dict(load_config(ROOT / cfg, final))):
             return None
         if (run / "plan.json").is_file():
             return {**json.loads((run / "plan.json").read_text()), "reused": True}
-        return {"config": cfg, "overrides": [o for o in overrides if not o.startswith("data.path")],
-                "final_overrides": [o for o in overrides if not o.startswith("data.path")],
+        return {"config": cfg, "overrides": _recorded(overrides), "final_overrides": _recorded(final),
                 "minutes": saved.get("max_minutes"), "reused": True, "rebuilt_from": "config.yaml"}
 
     def evaluate(self, name: str, run: Path) -> dict[str, Any]:
@@ -246,7 +251,7 @@ class Study:
                                        *flags["finetune"], log=log)}
         cfg, overrides = self.overrides(name)
         floor = base.random_init_checkpoint(cfg, self.data, run / "random_init",
-                                            overrides=[o for o in overrides if not o.startswith("data.path")])
+                                            overrides=_recorded(overrides))
         times["floor_knn_s"] = run_cli("knn", "--checkpoint", str(floor), "--output-dir", str(run / "eval_random"),
                                        *flags["knn"], log=log)
         return times

@@ -163,6 +163,7 @@ def test_reuse_keeps_only_a_finished_run_of_the_same_recipe_and_budget(tmp_path)
     write_run()
     plan = study.reusable("container_attn_tiny", run)
     assert plan is not None and plan["reused"] and "data.subset=9000" in plan["final_overrides"]
+    assert "data.subset=9000" not in plan["overrides"]  # the overrides before the calibration's fit
     assert load_config(REPO / plan["config"], plan["final_overrides"]).model.name == "container_attn_tiny"
     assert _bare_study(module, tmp_path, minutes=10.0).reusable("container_attn_tiny", run) is None  # budget
     write_run("optim.base_lr=0.002")  # another recipe: retrain
