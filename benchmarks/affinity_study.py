@@ -336,7 +336,7 @@ class Study:
         plots = {"knn_vs_gmacs.png": _plot(self.results, "gmacs_32px", "GMACs per 32-px image", self.out),
                  "knn_vs_time.png": _plot(self.results, "train_min", "training time (min)", self.out)}
         report = self.out / "report.md"
-        report.write_text(render(self.results, plots))
+        report.write_text(base._portable(render(self.results, plots)))  # committed, like study.json
         return report
 
 

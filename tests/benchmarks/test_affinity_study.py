@@ -171,3 +171,18 @@ def test_reuse_keeps_only_a_finished_run_of_the_same_recipe_and_budget(tmp_path)
     write_run()
     (run / "eval" / "linear.json").unlink()  # unfinished: retrain
     assert study.reusable("container_attn_tiny", run) is None
+
+
+def test_report_names_paths_beside_the_checkout_as_relative_ones(tmp_path):
+    """The report is committed like study.json: the data path under the checkout's parent must not leak."""
+    study = _study()
+    bare = _bare_study(study, tmp_path)
+    data = str(study.ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+    bare.out = tmp_path / "out"
+    bare.out.mkdir()
+    bare.results = {"variants": {}, "peer": None, "mode": "cpu", "machine": "x86_64 CPU, 2 cores", "data": data,
+                    "minutes": 15.0, "jobs": 1, "cpu_cores_per_variant": 2, "command": "python x.py"}
+    report = bare.write().read_text()
+    assert "Data: ../shared/data/cifar10-jpeg.tar.gz." in report, report
+    assert str(study.ROOT.parent) not in report
+    assert str(study.ROOT.parent) not in (bare.out / "study.json").read_text()
